@@ -1,0 +1,52 @@
+// Reading answers the way adduser does: passwords without echo on a terminal;
+// from a pipe, one answer a line (so scripts can feed them).
+import readline from 'node:readline';
+
+let piped: string[] | null = null;
+let pipedRead: Promise<void> | null = null;
+
+async function nextPipedLine(): Promise<string | null> {
+  pipedRead ??= (async () => {
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    piped = Buffer.concat(chunks).toString('utf8').split(/\r?\n/);
+  })();
+  await pipedRead;
+  return piped!.length ? piped!.shift()! : null;
+}
+
+export async function ask(question: string, hidden = false): Promise<string | null> {
+  if (!process.stdin.isTTY) return nextPipedLine();
+  process.stderr.write(question);
+  if (!hidden) {
+    const rl = readline.createInterface({ input: process.stdin, terminal: false });
+    const line = await new Promise<string | null>((resolve) => {
+      rl.once('line', resolve);
+      rl.once('close', () => resolve(null));
+    });
+    rl.close();
+    return line;
+  }
+  return new Promise((resolve) => {
+    const stdin = process.stdin;
+    let value = '';
+    stdin.setRawMode(true);
+    stdin.resume();
+    const done = (v: string | null): void => {
+      stdin.setRawMode(false);
+      stdin.pause();
+      stdin.off('data', onData);
+      process.stderr.write('\n');
+      resolve(v);
+    };
+    const onData = (buf: Buffer): void => {
+      for (const ch of buf.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') return done(value);
+        if (ch === '\u0003' || ch === '\u0004') return done(null);
+        if (ch === '\u007f' || ch === '\b') value = value.slice(0, -1);
+        else value += ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}

@@ -1,0 +1,170 @@
+// The daemon: binds the port, gives up root before any client byte is read,
+// checks that it can do its job, delivers what the queue holds, and serves until
+// told to stop. Every operator mistake becomes a StartupError: one line, an exit code.
+import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import * as osLock from 'os-lock';
+import type { SMTPServer } from 'smtp-server';
+import { AccountDirectory } from './accounts/directory';
+import { Config, describeErrno } from './config';
+import { DeliveryAgent } from './delivery/agent';
+import { Deliverer } from './delivery/deliverer';
+import { sweepStaleLockDirs } from './delivery/locks';
+import { log, setLogLevel } from './log';
+import { Queue } from './queue/queue';
+import { createSmtpServer } from './smtp/server';
+import { chooseRunAs, dropPrivileges, StartupError } from './system/privileges';
+import type { SystemUser } from './system/passwd';
+
+export { StartupError };
+
+export interface Daemon {
+  address: AddressInfo;
+  /** Stops accepting, lets transactions finish (or answers 421 after the grace time), finishes deliveries. */
+  close(): Promise<void>;
+}
+
+export async function startDaemon(config: Config): Promise<Daemon> {
+  setLogLevel(config.logLevel);
+  const runAs = chooseRunAs(config.runAs, config.spoolDir);
+  const queue = new Queue(config.queueDir);
+  const accounts = new AccountDirectory(config.usersFile, config.aliasesFile);
+  const directory = () => accounts.current();
+  const deliverer = new Deliverer({
+    spoolDir: config.spoolDir,
+    lockTimeoutMs: config.lockTimeout * 1000,
+    createMode: mailboxMode(config.spoolDir),
+  });
+  const agent = new DeliveryAgent(config, queue, deliverer, directory);
+  const server = createSmtpServer({ config, queue, agent, directory });
+
+  const address = await listen(server, config, () => { if (runAs) dropPrivileges(runAs); });
+  let pidFd: number | null = null;
+  try {
+    checkAccess(config, runAs);
+    queue.initSync();
+    pidFd = await lockPidFile(config.queueDir);
+    for (const name of sweepStaleLockDirs(config.spoolDir)) log.info(`removed stale lock ${name} left by an earlier mtad`);
+    try {
+      accounts.loadSync();
+    } catch (err) {
+      throw new StartupError(`mtad: cannot read the accounts: ${describeErrno(err)} (${config.usersFile}, ${config.aliasesFile})`, 66);
+    }
+  } catch (err) {
+    server.close();
+    if (pidFd !== null) fs.closeSync(pidFd);
+    throw err;
+  }
+
+  const who = process.getuid ? `${userLabel(runAs)} (uid ${process.getuid()})` : 'this user';
+  const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
+    `spool ${config.spoolDir}, running as ${who}`);
+  agent.recover();
+
+  let closing: Promise<void> | null = null;
+  return {
+    address,
+    close() {
+      closing ??= (async () => {
+        log.info('stopping: no new connections; waiting for transactions and deliveries');
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        await agent.close();
+        if (pidFd !== null) fs.closeSync(pidFd);
+        log.info('stopped');
+      })();
+      return closing;
+    },
+  };
+}
+
+function listen(server: SMTPServer, config: Config, whenBound: () => void): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    const net = (server as unknown as { server: import('node:net').Server }).server;
+    const onError = (err: NodeJS.ErrnoException): void => reject(bindError(err, config));
+    net.once('error', onError);
+    server.listen(config.port, config.host, () => {
+      net.off('error', onError);
+      // Synchronously, before the event loop can hand us a single client byte.
+      try {
+        whenBound();
+      } catch (err) {
+        server.close();
+        reject(err);
+        return;
+      }
+      net.on('error', (err) => log.error(`listener: ${err.message}`));
+      resolve(net.address() as AddressInfo);
+    });
+  });
+}
+
+function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
+  const where = `port ${config.port} on ${config.host}`;
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return new StartupError(`mtad: ${where} is already in use (another mail server, such as Postfix or Exim?): stop it, or set MTAD_PORT=2525`, 69);
+    case 'EACCES':
+    case 'EPERM':
+      return new StartupError(`mtad: ${where} needs root: run sudo node bin/mtad, or set MTAD_PORT=2525`, 77);
+    case 'EADDRNOTAVAIL':
+      return new StartupError(`mtad: MTAD_HOST=${config.host} is not an address of this machine`, 78);
+    default:
+      return new StartupError(`mtad: cannot listen on ${where}: ${err.code ?? err.message}`, 71);
+  }
+}
+
+function checkAccess(config: Config, runAs: SystemUser | null): void {
+  const who = runAs ? `user ${userLabel(runAs)} (uid ${runAs.uid})` : 'this user';
+  const fix = runAs ? `chown ${runAs.name || runAs.uid} ${config.spoolDir}, or set MTAD_RUN_AS to a user who can` : 'run mtad as the owner, or choose another MTAD_SPOOL_DIR';
+  try {
+    if (!fs.statSync(config.spoolDir).isDirectory()) throw Object.assign(new Error(), { code: 'ENOTDIR' });
+  } catch (err) {
+    throw new StartupError(`mtad: spool directory ${config.spoolDir}: ${describeErrno(err)}`, 73);
+  }
+  try {
+    fs.accessSync(config.spoolDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    throw new StartupError(`mtad: ${who} cannot write the spool directory ${config.spoolDir}: ${fix}`, 77);
+  }
+  try {
+    fs.mkdirSync(config.queueDir, { recursive: true, mode: 0o700 });
+    fs.accessSync(config.queueDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (err) {
+    throw new StartupError(`mtad: ${who} cannot write the queue directory ${config.queueDir}: ${describeErrno(err)}`, 77);
+  }
+}
+
+/** Only one mtad may deliver from a queue: it holds an fcntl lock on mtad.pid. */
+async function lockPidFile(queueDir: string): Promise<number> {
+  const file = `${queueDir}/mtad.pid`;
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    await osLock.lock(fd, { exclusive: true, immediate: true });
+  } catch {
+    const other = fs.readFileSync(file, 'utf8').trim();
+    fs.closeSync(fd);
+    throw new StartupError(`mtad: another mtad${other ? ` (pid ${other})` : ''} is already running on the queue ${queueDir}`, 75);
+  }
+  fs.ftruncateSync(fd, 0);
+  fs.writeSync(fd, `${process.pid}\n`, 0);
+  return fd;
+}
+
+/** A spool shared with the mail group (setgid, like /var/mail) gets 0660 mailboxes; a private one 0600. */
+function mailboxMode(spoolDir: string): number {
+  try {
+    return fs.statSync(spoolDir).mode & 0o2000 /* S_ISGID */ ? 0o660 : 0o600;
+  } catch {
+    return 0o600;
+  }
+}
+
+function userLabel(u: SystemUser | null): string {
+  if (u) return u.name || String(u.uid);
+  try {
+    return (require('node:os') as typeof import('node:os')).userInfo().username;
+  } catch {
+    return String(process.getuid?.());
+  }
+}

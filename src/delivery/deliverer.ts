@@ -1,0 +1,109 @@
+// Appends to mailboxes, one writer per mailbox (the in-process mutex of
+// invariant 4). Deliveries that arrive while a mailbox is being written wait and
+// then go in together: one lock acquisition and one fsync for the whole batch.
+// That is where a busy single mailbox is won.
+import path from 'node:path';
+import { log } from '../log';
+import { appendEntries, Body, DeliveryError, Entry } from './mailbox';
+import { ENTRY_SUFFIX, entryPrefix } from './mbox';
+
+export interface Delivery {
+  sender: string;
+  deliveredTo: string;
+  body: Body;
+}
+
+export type Outcome = { ok: true } | { ok: false; error: DeliveryError };
+
+interface Waiting {
+  delivery: Delivery;
+  resolve: (o: Outcome) => void;
+}
+
+interface MailboxWriter {
+  waiting: Waiting[];
+  running: boolean;
+}
+
+const MAX_BATCH_ENTRIES = 512;
+const MAX_BATCH_BYTES = 32 * 1024 * 1024;
+
+export interface DelivererOptions {
+  spoolDir: string;
+  lockTimeoutMs: number;
+  createMode: number;
+}
+
+export class Deliverer {
+  private writers = new Map<string, MailboxWriter>();
+  private active = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly opts: DelivererOptions) {}
+
+  /** Appends one message to one mailbox; never rejects. */
+  deliver(mailbox: string, delivery: Delivery): Promise<Outcome> {
+    return new Promise((resolve) => {
+      let w = this.writers.get(mailbox);
+      if (!w) {
+        w = { waiting: [], running: false };
+        this.writers.set(mailbox, w);
+      }
+      w.waiting.push({ delivery, resolve });
+      if (!w.running) void this.run(mailbox, w);
+    });
+  }
+
+  /** Resolves once no append is in progress or waiting. */
+  idle(): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  mailboxPath(mailbox: string): string {
+    return path.join(this.opts.spoolDir, mailbox);
+  }
+
+  private async run(mailbox: string, w: MailboxWriter): Promise<void> {
+    w.running = true;
+    this.active++;
+    try {
+      while (w.waiting.length) {
+        const batch = takeBatch(w.waiting);
+        const now = new Date();
+        const entries: Entry[] = batch.map(({ delivery: d }) => ({
+          prefix: entryPrefix(d.sender, d.deliveredTo, now),
+          body: d.body,
+          suffix: ENTRY_SUFFIX,
+        }));
+        let outcome: Outcome;
+        try {
+          await appendEntries(this.mailboxPath(mailbox), entries, {
+            deadline: Date.now() + this.opts.lockTimeoutMs,
+            createMode: this.opts.createMode,
+            onLockCompromised: (err) => log.warn(`dotlock of mailbox ${mailbox} compromised: ${err.message}`),
+          });
+          outcome = { ok: true };
+        } catch (err) {
+          outcome = { ok: false, error: err as DeliveryError };
+        }
+        for (const b of batch) b.resolve(outcome);
+      }
+    } finally {
+      w.running = false;
+      this.writers.delete(mailbox);
+      if (--this.active === 0) this.idleWaiters.splice(0).forEach((r) => r());
+    }
+  }
+}
+
+function takeBatch(waiting: Waiting[]): Waiting[] {
+  let bytes = 0;
+  let n = 0;
+  while (n < waiting.length && n < MAX_BATCH_ENTRIES) {
+    bytes += waiting[n].delivery.body.length;
+    n++;
+    if (bytes >= MAX_BATCH_BYTES) break;
+  }
+  return waiting.splice(0, n);
+}

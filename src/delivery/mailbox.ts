@@ -1,0 +1,155 @@
+// One locked append of one or more entries to one mailbox, in the manner of
+// OpenSMTPD's mail.local: refuse links and special files, re-check the inode
+// after locking, O_APPEND, fsync, and truncate back to the old size on any error
+// so that a mailbox is never left half-written (invariant 3).
+import fs from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { lockDotlock, lockFcntl, LockTimeout } from './locks';
+
+/** A message body in mbox form: in memory, or a byte range of a queue file. */
+export type Body =
+  | { kind: 'memory'; chunks: Buffer[]; length: number }
+  | { kind: 'file'; path: string; offset: number; length: number };
+
+export interface Entry {
+  prefix: Buffer;
+  body: Body;
+  suffix: Buffer;
+}
+
+/** A delivery that did not happen and why; `enhanced` is the RFC 3463 code for the log. */
+export class DeliveryError extends Error {
+  constructor(readonly enhanced: string, message: string) {
+    super(message);
+  }
+}
+
+const { O_WRONLY, O_APPEND, O_NOFOLLOW, O_NONBLOCK, O_CREAT, O_EXCL } = fs.constants;
+const OPEN_FLAGS = O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK;
+const READ_CHUNK = 256 * 1024;
+
+export interface AppendOptions {
+  /** Epoch ms after which waiting for a lock gives up. */
+  deadline: number;
+  /** Mode of a mailbox that has to be created. */
+  createMode: number;
+  onLockCompromised: (err: Error) => void;
+}
+
+export async function appendEntries(file: string, entries: Entry[], opts: AppendOptions): Promise<void> {
+  const fh = await openMailbox(file, opts.createMode);
+  try {
+    checkSafe(await fh.stat());
+    await lockFcntl(fh.fd, file, opts.deadline);
+    const release = await lockDotlock(file, opts.deadline, opts.onLockCompromised);
+    try {
+      const st = await fh.stat();
+      checkSafe(st);
+      const now = await fs.promises.lstat(file).catch(() => null);
+      if (!now || now.ino !== st.ino || now.dev !== st.dev) {
+        throw new DeliveryError('4.2.0', 'mailbox was replaced while waiting for its lock');
+      }
+      await writeEntries(fh, entries, st.size);
+    } finally {
+      await release().catch(() => undefined);
+    }
+  } catch (err) {
+    throw asDeliveryError(err);
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
+async function openMailbox(file: string, createMode: number): Promise<FileHandle> {
+  for (let tries = 0; ; tries++) {
+    try {
+      return await fs.promises.open(file, OPEN_FLAGS);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' || tries > 2) throw asDeliveryError(err);
+    }
+    try {
+      const fh = await fs.promises.open(file, OPEN_FLAGS | O_CREAT | O_EXCL, createMode);
+      await fh.chmod(createMode); // not narrowed by the umask
+      return fh;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw asDeliveryError(err);
+    }
+  }
+}
+
+function checkSafe(st: fs.Stats): void {
+  if (!st.isFile()) throw new DeliveryError('4.2.0', 'mailbox is not a regular file');
+  if (st.nlink !== 1) throw new DeliveryError('4.2.0', `mailbox has ${st.nlink} hard links`);
+}
+
+async function writeEntries(fh: FileHandle, entries: Entry[], oldSize: number): Promise<void> {
+  try {
+    let pending: Buffer[] = [];
+    const flush = async (): Promise<void> => {
+      if (pending.length) await writeAllv(fh, pending);
+      pending = [];
+    };
+    for (const e of entries) {
+      pending.push(e.prefix);
+      if (e.body.kind === 'memory') {
+        pending.push(...e.body.chunks);
+      } else {
+        await flush();
+        await copyRange(fh, e.body.path, e.body.offset, e.body.length);
+      }
+      pending.push(e.suffix);
+    }
+    await flush();
+    await fh.datasync();
+  } catch (err) {
+    // Roll back to the size the mailbox had when we locked it.
+    await fh.truncate(oldSize).then(() => fh.sync()).catch(() => undefined);
+    throw err;
+  }
+}
+
+export async function writeAllv(fh: FileHandle, bufs: Buffer[]): Promise<void> {
+  let rest = bufs.filter((b) => b.length);
+  while (rest.length) {
+    const { bytesWritten } = await fh.writev(rest.slice(0, 1024));
+    let n = bytesWritten;
+    let i = 0;
+    while (i < rest.length && n >= rest[i].length) { n -= rest[i].length; i++; }
+    rest = rest.slice(i);
+    if (n > 0) rest[0] = rest[0].subarray(n);
+  }
+}
+
+async function copyRange(out: FileHandle, path: string, offset: number, length: number): Promise<void> {
+  const src = await fs.promises.open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, length)));
+    let pos = offset;
+    let left = length;
+    while (left > 0) {
+      const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, left), pos);
+      if (bytesRead === 0) throw new DeliveryError('4.3.0', `queue file ${path} is shorter than recorded`);
+      await writeAllv(out, [buf.subarray(0, bytesRead)]);
+      pos += bytesRead;
+      left -= bytesRead;
+    }
+  } finally {
+    await src.close();
+  }
+}
+
+export function asDeliveryError(err: unknown): DeliveryError {
+  if (err instanceof DeliveryError) return err;
+  if (err instanceof LockTimeout) return new DeliveryError('4.2.0', err.message);
+  const e = err as NodeJS.ErrnoException;
+  switch (e.code) {
+    case 'ENOSPC': case 'EDQUOT': return new DeliveryError('4.3.1', 'no space left on device');
+    case 'ELOOP': return new DeliveryError('4.2.0', 'mailbox is a symbolic link');
+    case 'EISDIR': return new DeliveryError('4.2.0', 'mailbox is a directory');
+    case 'ENXIO': return new DeliveryError('4.2.0', 'mailbox is a FIFO or socket');
+    case 'EACCES': case 'EPERM': return new DeliveryError('4.2.0', 'permission denied on the mailbox');
+    case 'EROFS': return new DeliveryError('4.3.0', 'read-only file system');
+    default: return new DeliveryError('4.3.0', e.code ? `${e.code}: ${e.message}` : String(e.message ?? err));
+  }
+}

@@ -1,0 +1,169 @@
+// The write-ahead record of accepted mail. A queue file is one line of JSON (the
+// envelope) followed by the message in mbox form. It is written in tmp/, fsync'd,
+// and renamed into active/; the directory is fsync'd before the client hears 250.
+// The rename is the commit: active/ holds only whole messages, tmp/ is swept at
+// start-up. Delivery progress lives beside it in <id>.state, rewritten atomically.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Body, writeAllv } from '../delivery/mailbox';
+
+export interface Recipient {
+  /** The address the client gave, for the log. */
+  address: string;
+  /** The mailbox (user name) it resolved to. */
+  mailbox: string;
+}
+
+export interface Envelope {
+  v: 1;
+  id: string;
+  sender: string;
+  recipients: Recipient[];
+  /** ISO time the message was received. */
+  received: string;
+  client: string;
+}
+
+export interface QueueState {
+  done: string[];
+  attempts: number;
+  lastReason?: string;
+  nextAttempt?: string;
+  held?: boolean;
+}
+
+export interface QueuedMessage {
+  envelope: Envelope;
+  body: Body;
+}
+
+const ID_RE = /^[0-9A-F]{10}$/;
+const MAX_HEADER = 1024 * 1024;
+
+export class Queue {
+  readonly tmpDir: string;
+  readonly activeDir: string;
+  readonly failedDir: string;
+
+  constructor(readonly dir: string) {
+    this.tmpDir = path.join(dir, 'tmp');
+    this.activeDir = path.join(dir, 'active');
+    this.failedDir = path.join(dir, 'failed');
+  }
+
+  /** Creates the directories (mode 0700) and removes what a crash left in tmp/. */
+  initSync(): void {
+    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir]) {
+      fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    }
+    for (const f of fs.readdirSync(this.tmpDir)) fs.rmSync(path.join(this.tmpDir, f), { force: true });
+  }
+
+  static newId(): string {
+    return crypto.randomBytes(5).toString('hex').toUpperCase();
+  }
+
+  static isId(id: string): boolean {
+    return ID_RE.test(id);
+  }
+
+  tmpPath(id: string): string { return path.join(this.tmpDir, id); }
+  activePath(id: string): string { return path.join(this.activeDir, id); }
+  statePath(id: string): string { return path.join(this.activeDir, `${id}.state`); }
+
+  static headerLine(env: Envelope): Buffer {
+    return Buffer.from(JSON.stringify(env) + '\n');
+  }
+
+  /**
+   * Makes a message durable in active/ and returns its body as a range of the
+   * queue file. A file body must already be tmp/<id> (header line included).
+   */
+  async commit(msg: QueuedMessage, state?: QueueState): Promise<Body> {
+    const id = msg.envelope.id;
+    const tmp = this.tmpPath(id);
+    let body = msg.body;
+    if (body.kind === 'memory') {
+      const header = Queue.headerLine(msg.envelope);
+      const fh = await fs.promises.open(tmp, 'wx', 0o600);
+      try {
+        await writeAllv(fh, [header, ...body.chunks]);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      body = { kind: 'file', path: tmp, offset: header.length, length: body.length };
+    } else {
+      const fh = await fs.promises.open(tmp, 'r+');
+      try { await fh.sync(); } finally { await fh.close(); }
+    }
+    if (state) await this.saveState(id, state, false);
+    await fs.promises.rename(tmp, this.activePath(id));
+    await fsyncDirAsync(this.activeDir);
+    return { ...body, path: this.activePath(id) };
+  }
+
+  async saveState(id: string, state: QueueState, syncDir = true): Promise<void> {
+    const tmp = path.join(this.tmpDir, `${id}.state`);
+    const fh = await fs.promises.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(state));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.promises.rename(tmp, this.statePath(id));
+    if (syncDir) await fsyncDirAsync(this.activeDir);
+  }
+
+  async remove(id: string): Promise<void> {
+    await fs.promises.rm(this.activePath(id), { force: true });
+    await fs.promises.rm(this.statePath(id), { force: true });
+  }
+
+  async discardTmp(id: string): Promise<void> {
+    await fs.promises.rm(this.tmpPath(id), { force: true });
+  }
+
+  /** Moves a message that can never be delivered out of the way, keeping it for the admin. */
+  async fail(id: string): Promise<void> {
+    await fs.promises.rename(this.activePath(id), path.join(this.failedDir, id)).catch(() => undefined);
+    await fs.promises.rm(this.statePath(id), { force: true });
+  }
+
+  listActive(): string[] {
+    return fs.readdirSync(this.activeDir).filter((f) => Queue.isId(f)).sort();
+  }
+
+  async load(id: string): Promise<{ message: QueuedMessage; state: QueueState }> {
+    const file = this.activePath(id);
+    const fh = await fs.promises.open(file, 'r');
+    let envelope: Envelope;
+    let size: number;
+    let offset: number;
+    try {
+      size = (await fh.stat()).size;
+      const buf = Buffer.alloc(Math.min(size, MAX_HEADER));
+      await fh.read(buf, 0, buf.length, 0);
+      const nl = buf.indexOf(0x0a);
+      if (nl < 0) throw new Error(`queue file ${id} has no envelope line`);
+      envelope = JSON.parse(buf.subarray(0, nl).toString('utf8')) as Envelope;
+      offset = nl + 1;
+    } finally {
+      await fh.close();
+    }
+    let state: QueueState = { done: [], attempts: 0 };
+    try {
+      state = JSON.parse(await fs.promises.readFile(this.statePath(id), 'utf8')) as QueueState;
+    } catch {
+      // no state yet: nothing delivered, never tried
+    }
+    return { message: { envelope, body: { kind: 'file', path: file, offset, length: size - offset } }, state };
+  }
+}
+
+async function fsyncDirAsync(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
+}

@@ -1,0 +1,148 @@
+// Everything that reaches into smtp-server's internals, in one place, pinned to
+// one version. test/unit/internals.test.ts fails loudly if any of these hooks
+// points are gone. What we change, and why:
+//  - address parsing: the lab types `MAIL FROM: a@b` and `RCPT TO: bob` without
+//    brackets, which the library refuses; and recipient policy needs the address
+//    exactly as written (source routes, quotes), which the library rewrites;
+//  - the 100 ms pause before the greeting: Postfix's smtpd greets at once, and the
+//    pause alone caps one-message sessions at 10 per second;
+//  - enhanced status codes: our replies carry their own, the library must not add a second;
+//  - HELP, VRFY, EXPN: the library has no hooks for them.
+import { SMTPServer } from 'smtp-server';
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
+
+export const PINNED_VERSION = '3.21.6';
+
+/** What a connection offers to our command handlers. */
+export interface Connection {
+  session: { id: string; [key: string]: unknown };
+  remoteAddress: string;
+  send(code: number, data: string | string[], context?: string | false): void;
+  _server: SMTPServer & { mtadCommands?: ExtraCommands };
+}
+
+type Handler = (this: Connection, command: Buffer | string, callback: () => void) => void;
+
+interface ConnectionClass {
+  prototype: Record<string, unknown> & {
+    init: () => void;
+    connectionReady: () => void;
+    send: Connection['send'];
+    _setListeners: (cb: () => void) => void;
+    _parseAddressCommand: (name: string, command: Buffer | string) => ParsedAddress | false;
+  };
+}
+
+export interface ParsedAddress {
+  address: string;
+  args: Record<string, string | boolean> | false;
+  /** The address as the client wrote it, between the brackets if there were any. */
+  raw?: string;
+  [key: string]: unknown;
+}
+
+/** Our answers to HELP, VRFY and EXPN, set per server. */
+export interface ExtraCommands {
+  help(conn: Connection): Promise<Reply>;
+  vrfy(conn: Connection, arg: string): Promise<Reply>;
+  expn(conn: Connection, arg: string): Promise<Reply>;
+}
+
+export interface Reply {
+  code: number;
+  lines: string[];
+}
+
+const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3}(\s|$)/;
+// A syntactically fine address that stands in for the recipient while the
+// library validates the rest of the RCPT command; policy sees the real one.
+const STAND_IN = 'postmaster@mtad.invalid';
+
+let installed = false;
+
+export function installInternals(): void {
+  if (installed) return;
+  installed = true;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const version = (require('smtp-server/package.json') as { version: string }).version;
+  if (version !== PINNED_VERSION) {
+    throw new Error(`smtp-server ${version} is installed, but src/smtp/internals.ts is written for ${PINNED_VERSION}`);
+  }
+  const proto = SMTPConnection.prototype;
+  for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP']) {
+    if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
+  }
+
+  // Greet at once (same checks as the original init, without its setTimeout(100)).
+  proto.init = function init(this: Connection & typeof proto) {
+    this._setListeners(() => {
+      const opts = this._server.options as { maxClients?: number };
+      if (opts.maxClients && this._server.connections.size > opts.maxClients) {
+        this.send(421, `4.7.0 ${(this as unknown as { name: string }).name} Too many connected clients, try again later`);
+        return;
+      }
+      this.connectionReady();
+    });
+  };
+
+  const send = proto.send;
+  proto.send = function (this: Connection, code, data, context) {
+    const first = Array.isArray(data) ? data[0] : data;
+    if (typeof first === 'string' && ENHANCED_PREFIX.test(first)) context = false;
+    return send.call(this, code, data, context);
+  };
+
+  const parse = proto._parseAddressCommand;
+  proto._parseAddressCommand = function (this: unknown, rawName: string, rawCommand: Buffer | string) {
+    const split = splitAddressCommand(rawCommand.toString());
+    if (!split) return parse.call(this, rawName, rawCommand);
+    const { verb, inner, params } = split;
+    if (rawName.toLowerCase() === 'rcpt to') {
+      const parsed = parse.call(this, rawName, `${verb}:<${STAND_IN}>${params}`);
+      if (!parsed) return false;
+      parsed.address = stripSourceRoute(inner);
+      parsed.raw = inner;
+      return parsed;
+    }
+    const parsed = parse.call(this, rawName, `${verb}:<${inner}>${params}`);
+    if (parsed) parsed.raw = inner;
+    return parsed;
+  };
+
+  const reply = (conn: Connection, r: Reply): void => conn.send(r.code, r.lines.length === 1 ? r.lines[0] : r.lines);
+  const extra = (name: keyof ExtraCommands): Handler => function (this: Connection, command, callback) {
+    const cmds = this._server.mtadCommands;
+    const arg = command.toString().trim().split(/\s+/).slice(1).join(' ');
+    if (!cmds) { this.send(502, '5.5.1 Command not implemented'); callback(); return; }
+    cmds[name](this, arg).then((r) => reply(this, r), () => this.send(451, '4.3.0 Local error in processing')).finally(callback);
+  };
+  proto.handler_HELP = extra('help');
+  proto.handler_VRFY = extra('vrfy');
+  proto.handler_EXPN = extra('expn');
+}
+
+/**
+ * Splits "MAIL FROM: a@b SIZE=10" / "RCPT TO:<a@b>" into the verb, the address
+ * as written (no brackets) and the parameters. Null when there is no address at
+ * all ("MAIL FROM:"), which the library answers with 501.
+ */
+export function splitAddressCommand(command: string): { verb: string; inner: string; params: string } | null {
+  const colon = command.indexOf(':');
+  if (colon < 0) return null;
+  const verb = command.slice(0, colon);
+  const rest = command.slice(colon + 1).trim();
+  if (!rest) return null;
+  if (rest.startsWith('<')) {
+    const end = rest.indexOf('>');
+    if (end < 0) return null;
+    return { verb, inner: rest.slice(1, end), params: rest.slice(end + 1) };
+  }
+  const sp = rest.search(/\s/);
+  return sp < 0 ? { verb, inner: rest, params: '' } : { verb, inner: rest.slice(0, sp), params: rest.slice(sp) };
+}
+
+/** "@a,@b:user@c" to "user@c" (RFC 5321 appendix C). */
+export function stripSourceRoute(address: string): string {
+  return address.replace(/^@[^:]*:/, '');
+}

@@ -1,0 +1,229 @@
+// The SMTP conversation: smtp-server wired to policy, queue and delivery. Each
+// hook is wrapped once (guard) so that a thrown error becomes a 451 reply and
+// never a crash or a hung session; errors carry their reply from where they are
+// raised (SmtpError), and this file alone writes them to the client and the log.
+import os from 'node:os';
+import type { Readable } from 'node:stream';
+import { SMTPServer, SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import type { Config } from '../config';
+import { DeliveryAgent, TempFailure } from '../delivery/agent';
+import { receivedHeader } from '../delivery/mbox';
+import { log } from '../log';
+import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
+import { Envelope, Queue, Recipient } from '../queue/queue';
+import { receiveBody } from '../queue/receive';
+import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
+
+export class SmtpError extends Error {
+  readonly responseCode: number;
+  constructor(code: number, enhanced: string, text: string) {
+    super(`${enhanced} ${text}`);
+    this.responseCode = code;
+  }
+  static from(r: PolicyReply): SmtpError {
+    return new SmtpError(r.code, r.enhanced, r.text);
+  }
+}
+
+interface RcptAddress extends ParsedAddress {
+  mailboxes?: string[];
+}
+
+type Session = SMTPServerSession & { counted?: boolean };
+
+export interface SmtpDeps {
+  config: Config;
+  queue: Queue;
+  agent: DeliveryAgent;
+  directory: () => Promise<Directory>;
+}
+
+export function createSmtpServer(deps: SmtpDeps): SMTPServer {
+  installInternals();
+  const { config } = deps;
+  const local = localNames(config);
+  const perIp = new Map<string, number>();
+
+  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress}]`;
+  const reject = (stage: string, s: SMTPServerSession, err: SmtpError, to?: string): SmtpError => {
+    const from = s.envelope.mailFrom ? s.envelope.mailFrom.address : '';
+    log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${from}>` +
+      `${to !== undefined ? ` to=<${printable(to)}>` : ''} proto=${s.transmissionType} helo=<${s.hostNameAppearsAs ?? ''}>`);
+    return err;
+  };
+
+  const server = new SMTPServer({
+    name: config.hostname,
+    banner: 'mtad',
+    heloResponse: '%s',
+    logger: false,
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    hideSTARTTLS: true,
+    authOptional: true,
+    hideENHANCEDSTATUSCODES: false,
+    hideDSN: true,
+    hideSMTPUTF8: true,
+    disableReverseLookup: !config.reverseDns,
+    size: config.maxMessageSize,
+    maxClients: config.maxClients || undefined,
+    socketTimeout: config.idleTimeout * 1000,
+    closeTimeout: Math.max(1, config.shutdownGrace * 1000),
+    maxRecipients: config.maxRecipients,
+
+    onConnect: guard((session: Session) => {
+      const ip = session.remoteAddress;
+      if (config.maxClientsPerIp && (perIp.get(ip) ?? 0) >= config.maxClientsPerIp) {
+        log.info(`NOQUEUE: reject: CONNECT from ${client(session)}: 421 4.7.0 too many connections from this address`);
+        throw new SmtpError(421, '4.7.0', `${config.hostname} Too many connections from your address, try again later`);
+      }
+      perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
+      session.counted = true;
+      log.info(`connect from ${client(session)}`);
+    }),
+
+    onMailFrom: guard((_address: SMTPServerAddress, _session: SMTPServerSession) => undefined),
+
+    onRcptTo: guard(async (address: SMTPServerAddress, session: SMTPServerSession) => {
+      const a = address as unknown as RcptAddress;
+      const verdict = resolveRecipient(a.raw ?? a.address, a.address, await deps.directory(), local);
+      if (!verdict.ok) throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
+      a.mailboxes = verdict.mailboxes;
+    }),
+
+    onData: guard(async (stream: Readable, session: SMTPServerSession) => {
+      // smtp-server replaces session.envelope as soon as we answer: copy it now.
+      const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+      const rcpts = session.envelope.rcptTo as unknown as RcptAddress[];
+      const id = Queue.newId();
+      const now = new Date();
+      const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox })));
+      const envelope: Envelope = { v: 1, id, sender, recipients, received: now.toISOString(), client: session.remoteAddress };
+      const header = receivedHeader({
+        helo: session.hostNameAppearsAs ?? '',
+        clientAddress: session.remoteAddress,
+        clientHostname: session.clientHostname,
+        hostname: config.hostname,
+        protocol: session.transmissionType ?? 'SMTP',
+        id,
+        recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
+        date: now,
+      });
+      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize);
+      if (got.tooBig) {
+        throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
+      }
+      log.info(`${id}: client=${client(session)}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
+      try {
+        await deps.agent.accept({ envelope, body: got.body });
+      } catch (err) {
+        if (err instanceof TempFailure) throw new SmtpError(err.code, err.enhanced, err.message);
+        throw err;
+      }
+      return `2.0.0 Ok: queued as ${id}`;
+    }),
+
+    onClose(session: Session) {
+      if (!session.counted) return;
+      const ip = session.remoteAddress;
+      const n = (perIp.get(ip) ?? 1) - 1;
+      if (n > 0) perIp.set(ip, n); else perIp.delete(ip);
+      log.info(`disconnect from ${client(session)}`);
+    },
+  });
+
+  (server as SMTPServer & { mtadCommands?: ExtraCommands }).mtadCommands = extraCommands(deps, local);
+  server.on('error', (err: Error & { code?: string }) => {
+    // Client resets and half-sent messages arrive here; they are not our errors.
+    log.debug(`smtp: ${err.code ?? ''} ${err.message}`);
+  });
+  return server;
+}
+
+/**
+ * Wraps a hook as an async function over smtp-server's callback: a value is the
+ * success reply, an SmtpError is its reply, anything else is logged and is 451.
+ */
+function guard<A extends unknown[]>(fn: (...args: A) => unknown): (...args: [...A, (err?: Error | null, msg?: string) => void]) => void {
+  return (...args) => {
+    const cb = args.pop() as (err?: Error | null, msg?: string) => void;
+    let p: Promise<unknown>;
+    try {
+      p = Promise.resolve(fn(...(args as unknown as A)));
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    p.then(
+      (value) => cb(null, typeof value === 'string' ? value : undefined),
+      (err) => {
+        if (err instanceof SmtpError) return cb(err);
+        log.error(`internal error: ${(err as Error)?.stack ?? err}`);
+        cb(new SmtpError(451, '4.3.0', 'Local error in processing, try again later'));
+      },
+    );
+  };
+}
+
+function qualify(address: string, config: Config): string {
+  return address.includes('@') ? address : `${address}@${config.hostname}`;
+}
+
+/** Our domains, and the address literals of the addresses we listen on. */
+export function localNames(config: Config): LocalNames {
+  const literals = new Set<string>();
+  const add = (ip: string): void => {
+    literals.add(ip.includes(':') ? `[ipv6:${ip.toLowerCase()}]` : `[${ip}]`);
+  };
+  if (config.host === '0.0.0.0' || config.host === '::') {
+    for (const list of Object.values(os.networkInterfaces())) {
+      for (const i of list ?? []) add(i.address.replace(/%.*$/, ''));
+    }
+  } else {
+    add(config.host);
+  }
+  return { domains: new Set(config.domains), literals };
+}
+
+function extraCommands(deps: SmtpDeps, local: LocalNames): ExtraCommands {
+  const { config } = deps;
+  const describe = async (arg: string): Promise<{ reply?: Reply; name?: string }> => {
+    const inner = arg.replace(/^<(.*)>$/, '$1');
+    if (!inner) return { reply: { code: 501, lines: ['5.5.4 Syntax: VRFY|EXPN address'] } };
+    const verdict = resolveRecipient(inner, inner, await deps.directory(), local);
+    if (!verdict.ok) return { reply: { code: verdict.reply.code, lines: [`${verdict.reply.enhanced} ${verdict.reply.text}`] } };
+    return { name: verdict.local };
+  };
+  const userLine = async (name: string): Promise<string> => {
+    const u = (await deps.directory()).users.get(name);
+    return `${u?.gecos ? `${u.gecos} ` : ''}<${name}@${config.hostname}>`;
+  };
+  return {
+    async help() {
+      return {
+        code: 214,
+        lines: [
+          `2.0.0 ${config.hostname} mtad: local delivery only, no relay`,
+          '2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN',
+          '2.0.0 MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME]   RCPT TO:<user>',
+          '2.0.0 End of HELP info',
+        ],
+      };
+    },
+    async vrfy(_conn: Connection, arg: string) {
+      if (!config.vrfy) return { code: 252, lines: ['2.5.2 Cannot VRFY user, but will accept message and attempt delivery'] };
+      const d = await describe(arg);
+      if (d.reply) return d.reply;
+      const dir = await deps.directory();
+      const line = dir.users.has(d.name!) && !dir.aliases.has(d.name!) ? await userLine(d.name!) : `<${d.name}@${config.hostname}>`;
+      return { code: 250, lines: [`2.1.5 ${line}`] };
+    },
+    async expn(_conn: Connection, arg: string) {
+      if (!config.expn) return { code: 502, lines: ['5.5.1 EXPN command is disabled'] };
+      const d = await describe(arg);
+      if (d.reply) return d.reply;
+      const dir = await deps.directory();
+      const boxes = expand(d.name!, dir, local);
+      const lines = await Promise.all((boxes.length ? boxes : [d.name!]).map(userLine));
+      return { code: 250, lines: lines.map((l) => `2.1.5 ${l}`) };
+    },
+  };
+}

@@ -1,0 +1,51 @@
+// Invariant 6: network input is never parsed as root. Started as root, mtad binds
+// its port and then becomes MTAD_RUN_AS, by default the owner of the spool (or
+// the mail user when root owns it, as /var/spool/mail is root:mail).
+import fs from 'node:fs';
+import { ConfigError } from '../config';
+import { SystemUser, userById, userByName } from './passwd';
+
+export class StartupError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+export const isRoot = (): boolean => process.getuid?.() === 0;
+
+/** Who mtad should run as, or null when it is not root and stays who it is. */
+export function chooseRunAs(runAs: string, spoolDir: string): SystemUser | null {
+  if (!isRoot()) {
+    if (runAs && userByName(runAs)?.uid !== process.getuid?.()) {
+      throw new StartupError(`mtad: MTAD_RUN_AS=${runAs} needs mtad to be started as root (sudo node bin/mtad)`, 77);
+    }
+    return null;
+  }
+  if (runAs) {
+    const u = userByName(runAs);
+    if (!u) throw new ConfigError(`MTAD_RUN_AS: "${runAs}" is not a user of this system`);
+    if (u.uid === 0) throw new ConfigError(`MTAD_RUN_AS: "${runAs}" is root; mtad will not serve clients as root`);
+    return u;
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(spoolDir);
+  } catch {
+    throw new StartupError(`mtad: the spool directory ${spoolDir} does not exist: create it, or set MTAD_SPOOL_DIR`, 73);
+  }
+  if (st.uid !== 0) return userById(st.uid) ?? { name: '', uid: st.uid, gid: st.gid, home: '' };
+  const mail = userByName('mail');
+  if (!mail) throw new StartupError('mtad: root owns the spool and there is no "mail" user: set MTAD_RUN_AS', 67);
+  return mail;
+}
+
+export function dropPrivileges(u: SystemUser): void {
+  const proc = process as NodeJS.Process & { initgroups?: (user: string, gid: number) => void };
+  if (u.name && proc.initgroups) proc.initgroups(u.name, u.gid);
+  else process.setgroups!([u.gid]);
+  process.setgid!(u.gid);
+  process.setuid!(u.uid);
+  if (process.getuid!() === 0 || process.geteuid!() === 0 || process.getgid!() === 0) {
+    throw new StartupError('mtad: could not give up root', 71);
+  }
+}
