@@ -1,0 +1,138 @@
+// Starts a real mtad (bin/mtad, the compiled code) on an ephemeral loopback port
+// with a spool in a temp dir. Run as root (CI is), it gives up root like a real
+// install: the temp spool belongs to `nobody`, which mtad then becomes.
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const HOSTNAME = 'lab.test';
+export const RUN_AS = 'nobody';
+
+export interface MtadOptions {
+  users?: string[];
+  aliases?: string;
+  env?: Record<string, string>;
+  /** Reuse an existing temp dir (spool, queue and account files), e.g. to restart on the same spool. */
+  dir?: string;
+}
+
+export interface Mtad {
+  port: number;
+  pid: number;
+  dir: string;
+  spool: string;
+  queue: string;
+  usersFile: string;
+  aliasesFile: string;
+  proc: ChildProcess;
+  /** Everything mtad printed so far. */
+  output(): string;
+  /** Resolves with the first log line matching `re` (looking at past output too). */
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  mailbox(user: string): string;
+  /** Environment that makes a CLI (mta-adduser ...) work on this instance. */
+  cliEnv(): NodeJS.ProcessEnv;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export const isRoot = (): boolean => process.getuid?.() === 0;
+
+function uidOf(name: string): { uid: number; gid: number } {
+  const row = fs.readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => l.split(':')).find((r) => r[0] === name);
+  if (!row) throw new Error(`no user ${name}`);
+  return { uid: Number(row[2]), gid: Number(row[3]) };
+}
+
+/** A temp dir laid out like a small install: spool/ owned by the run-as user, users and aliases files. */
+export function makeInstance(opts: MtadOptions = {}): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-test-'));
+  fs.chmodSync(dir, 0o755);
+  const spool = path.join(dir, 'spool');
+  fs.mkdirSync(spool, { mode: 0o755 });
+  const users = path.join(dir, 'users');
+  const body = (opts.users ?? ['alice', 'bob']).map((u) => `${u}:!:${u[0].toUpperCase()}${u.slice(1)} Test\n`).join('');
+  fs.writeFileSync(users, body, { mode: 0o640 });
+  fs.writeFileSync(path.join(dir, 'aliases'), opts.aliases ?? 'MAILER-DAEMON: postmaster\n', { mode: 0o644 });
+  if (isRoot()) {
+    const { uid, gid } = uidOf(RUN_AS);
+    fs.chownSync(spool, uid, gid);
+    fs.chownSync(users, uid, gid);
+  }
+  return dir;
+}
+
+export function instanceEnv(dir: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    MTAD_CONFIG: '/dev/null',
+    MTAD_HOST: '127.0.0.1',
+    MTAD_PORT: '0',
+    MTAD_HOSTNAME: HOSTNAME,
+    MTAD_SPOOL_DIR: path.join(dir, 'spool'),
+    MTAD_USERS_FILE: path.join(dir, 'users'),
+    MTAD_ALIASES_FILE: path.join(dir, 'aliases'),
+    ...extra,
+  };
+}
+
+export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
+  const dir = opts.dir ?? makeInstance(opts);
+  const env = instanceEnv(dir, opts.env);
+  const proc = spawn(process.execPath, [path.join(ROOT, 'bin', 'mtad')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (b: Buffer): void => { out += b.toString(); listeners.forEach((l) => l()); };
+  proc.stdout!.on('data', onData);
+  proc.stderr!.on('data', onData);
+  let exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    proc.on('exit', (code, signal) => { exited = { code, signal }; listeners.forEach((l) => l()); resolve(exited); });
+  });
+
+  const waitForLog = (re: RegExp, timeoutMs = 15000): Promise<string> => new Promise((resolve, reject) => {
+    const check = (): boolean => {
+      const m = out.split('\n').find((l) => re.test(l));
+      if (m !== undefined) { cleanup(); resolve(m); return true; }
+      if (exited) { cleanup(); reject(new Error(`mtad exited (${JSON.stringify(exited)}) before ${re}:\n${out}`)); return true; }
+      return false;
+    };
+    const timer = setTimeout(() => { cleanup(); reject(new Error(`timed out waiting for ${re}:\n${out}`)); }, timeoutMs);
+    const cleanup = (): void => { clearTimeout(timer); listeners.delete(listener); };
+    const listener = (): void => { check(); };
+    if (!check()) listeners.add(listener);
+  });
+
+  const line = await waitForLog(/listening on /);
+  const port = Number(/listening on \S+:(\d+)/.exec(line)![1]);
+  return {
+    port,
+    pid: proc.pid!,
+    dir,
+    spool: env.MTAD_SPOOL_DIR!,
+    queue: path.join(env.MTAD_SPOOL_DIR!, '.queue'),
+    usersFile: env.MTAD_USERS_FILE!,
+    aliasesFile: env.MTAD_ALIASES_FILE!,
+    proc,
+    output: () => out,
+    waitForLog,
+    mailbox: (user) => path.join(env.MTAD_SPOOL_DIR!, user),
+    cliEnv: () => ({ ...env }),
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (!exited) proc.kill(signal);
+      return exit;
+    },
+  };
+}
+
+/** Runs one of our CLIs (bin/NAME) to completion. */
+export function runCli(name: string, args: string[], env: NodeJS.ProcessEnv, input?: string): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', name), ...args], { env, input, encoding: 'utf8', timeout: 30000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function removeInstance(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
