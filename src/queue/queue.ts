@@ -98,9 +98,17 @@ export class Queue {
       const fh = await fs.promises.open(tmp, 'r+');
       try { await fh.sync(); } finally { await fh.close(); }
     }
-    if (state) await this.saveState(id, state, false);
-    await fs.promises.rename(tmp, this.activePath(id));
-    await fsyncDirAsync(this.activeDir);
+    try {
+      if (state) await this.saveState(id, state, false);
+      await fs.promises.rename(tmp, this.activePath(id));
+      await fsyncDirAsync(this.activeDir);
+    } catch (err) {
+      // A full disk can stop us between the state and the rename: leave no orphan state.
+      await fs.promises.rm(path.join(this.tmpDir, `${id}.state`), { force: true }).catch(() => undefined);
+      const committed = await fs.promises.access(this.activePath(id)).then(() => true, () => false);
+      if (!committed) await fs.promises.rm(this.statePath(id), { force: true }).catch(() => undefined);
+      throw err;
+    }
     return { ...body, path: this.activePath(id) };
   }
 

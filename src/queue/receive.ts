@@ -33,29 +33,45 @@ export async function receiveBody(
   let size = 0;
   let tooBig = false;
   const tmp = queue.tmpPath(envelope.id);
+  // A write that fails (a full disk) must not end the read: the client is still
+  // sending, and its reply belongs after the final dot. Keep reading, keep nothing.
+  let failed: unknown = null;
+  const dropSpill = async (): Promise<void> => {
+    if (fh) await fh.close().catch(() => undefined);
+    fh = null;
+    await queue.discardTmp(envelope.id).catch(() => undefined);
+  };
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       size += chunk.length;
       if (tooBig || size > maxSize || stream.sizeExceeded) { tooBig = true; continue; }
+      if (failed) continue;
       const out = enc.push(chunk);
-      if (fh) {
-        await writeAllv(fh, out);
-        continue;
-      }
-      chunks.push(...out);
-      for (const b of out) memBytes += b.length;
-      if (memBytes > SPILL_AT) {
-        fh = await fs.promises.open(tmp, 'wx', 0o600);
-        const header = Queue.headerLine(envelope);
-        offset = header.length;
-        await writeAllv(fh, [header, ...chunks]);
+      try {
+        if (fh) {
+          await writeAllv(fh, out);
+          continue;
+        }
+        chunks.push(...out);
+        for (const b of out) memBytes += b.length;
+        if (memBytes > SPILL_AT) {
+          fh = await fs.promises.open(tmp, 'wx', 0o600);
+          const header = Queue.headerLine(envelope);
+          offset = header.length;
+          await writeAllv(fh, [header, ...chunks]);
+          chunks = [];
+        }
+      } catch (err) {
+        failed = err;
         chunks = [];
+        await dropSpill();
       }
     }
     if (tooBig || stream.sizeExceeded) {
       tooBig = true;
       return { body: { kind: 'memory', chunks: [], length: 0 }, size, tooBig };
     }
+    if (failed) throw failed;
     const tail = enc.end();
     if (fh) {
       await writeAllv(fh, tail);
@@ -64,9 +80,7 @@ export async function receiveBody(
     chunks.push(...tail);
     return { body: { kind: 'memory', chunks, length: enc.size }, size, tooBig };
   } catch (err) {
-    if (fh) await fh.close().catch(() => undefined);
-    fh = null;
-    await queue.discardTmp(envelope.id).catch(() => undefined);
+    await dropSpill();
     throw err;
   } finally {
     if (fh) await fh.close();

@@ -108,7 +108,11 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
         date: now,
       });
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize);
+      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize).catch((err: NodeJS.ErrnoException) => {
+        log.warn(`${id}: cannot write the message to the queue: ${err.code ?? err.message}`);
+        if (err.code === 'ENOSPC' || err.code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
+        throw new SmtpError(451, '4.3.0', 'Local error in processing, try again later');
+      });
       if (got.tooBig) {
         throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
       }
