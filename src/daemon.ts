@@ -44,7 +44,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     checkAccess(config, runAs);
     queue.initSync();
     pidFd = await lockPidFile(config.queueDir);
-    for (const name of sweepStaleLockDirs(config.spoolDir)) log.info(`removed stale lock ${name} left by an earlier mtad`);
+    const swept = sweepStaleLockDirs(config.spoolDir);
+    for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
+    for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
+    for (const r of swept.leftAlone) log.warn(`mailbox ${r.mailbox}: an append was interrupted by a crash, but ${r.why}; left as it is`);
     try {
       accounts.loadSync();
     } catch (err) {

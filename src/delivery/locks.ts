@@ -79,23 +79,81 @@ export async function lockDotlock(mailbox: string, deadline: number, onCompromis
   return release;
 }
 
+/** Where an append in progress records the mailbox's size before and after it (inside our lock directory). */
+export function appendIntentPath(mailbox: string): string {
+  return path.join(`${mailbox}.lock`, 'append');
+}
+
+export interface SweepResult {
+  /** Lock directories removed. */
+  removed: string[];
+  /** Mailboxes cut back to their size before an append that a kill interrupted, with the bytes removed. */
+  rolledBack: Array<{ mailbox: string; bytes: number }>;
+  /** Mailboxes whose interrupted append could not be judged safely, with why; left as they are. */
+  leftAlone: Array<{ mailbox: string; why: string }>;
+}
+
 /**
  * Removes the dotlock directories a killed mtad left in the spool. Only
- * directories are touched: a lock *file* belongs to a mail reader.
+ * directories are touched: a lock *file* belongs to a mail reader. A directory
+ * holding an append intent means we were killed during that append: a mailbox
+ * whose size lies strictly between the recorded before and after sizes holds a
+ * torn entry and is truncated back. Any other size means the append completed,
+ * or someone else wrote since, and the mailbox is left as it is.
+ * Runs at start-up, before any client is served.
  */
-export function sweepStaleLockDirs(spoolDir: string): string[] {
-  const removed: string[] = [];
+export function sweepStaleLockDirs(spoolDir: string): SweepResult {
+  const result: SweepResult = { removed: [], rolledBack: [], leftAlone: [] };
   for (const name of fs.readdirSync(spoolDir)) {
     if (!name.endsWith('.lock')) continue;
     const p = path.join(spoolDir, name);
     try {
-      if (fs.lstatSync(p).isDirectory()) {
-        fs.rmdirSync(p);
-        removed.push(name);
+      if (!fs.lstatSync(p).isDirectory()) continue;
+      const mailbox = path.join(spoolDir, name.slice(0, -'.lock'.length));
+      const intent = appendIntentPath(mailbox);
+      let record: string | null = null;
+      try {
+        record = fs.readFileSync(intent, 'utf8');
+      } catch {
+        // no append was in progress
       }
+      if (record !== null) {
+        const outcome = rollBackTornAppend(mailbox, record);
+        if (typeof outcome === 'number') { if (outcome > 0) result.rolledBack.push({ mailbox: path.basename(mailbox), bytes: outcome }); }
+        else result.leftAlone.push({ mailbox: path.basename(mailbox), why: outcome.why });
+        fs.rmSync(intent, { force: true });
+      }
+      fs.rmdirSync(p);
+      result.removed.push(name);
     } catch {
       // gone already, or not empty: then it is not one of ours, leave it
     }
   }
-  return removed;
+  return result;
+}
+
+/** Returns the bytes cut off (0: the append had completed or never started), or why nothing was done. */
+function rollBackTornAppend(mailbox: string, record: string): number | { why: string } {
+  const m = /^(\d+) (\d+) (\d+) (\d+)\n$/.exec(record);
+  // A record cut short by the kill was written before any byte of the append.
+  if (!m) return 0;
+  const [dev, ino, before, after] = m.slice(1).map(Number);
+  const { O_WRONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  let fd: number;
+  try {
+    fd = fs.openSync(mailbox, O_WRONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (err) {
+    return { why: `cannot open it: ${(err as NodeJS.ErrnoException).code}` };
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.dev !== dev || st.ino !== ino) return { why: 'it was replaced since' };
+    if (st.size === before || st.size === after) return 0;
+    if (st.size < before || st.size > after) return { why: `its size ${st.size} is outside the append (${before} to ${after}): written by someone else since` };
+    fs.ftruncateSync(fd, before);
+    fs.fsyncSync(fd);
+    return st.size - before;
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -4,7 +4,7 @@
 // so that a mailbox is never left half-written (invariant 3).
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { lockDotlock, lockFcntl, LockTimeout } from './locks';
+import { appendIntentPath, lockDotlock, lockFcntl, LockTimeout } from './locks';
 
 /** A message body in mbox form: in memory, or a byte range of a queue file. */
 export type Body =
@@ -49,7 +49,16 @@ export async function appendEntries(file: string, entries: Entry[], opts: Append
       if (!now || now.ino !== st.ino || now.dev !== st.dev) {
         throw new DeliveryError('4.2.0', 'mailbox was replaced while waiting for its lock');
       }
-      await writeEntries(fh, entries, st.size);
+      // An intent record inside our lock directory: if we are killed mid-write, the
+      // start-up sweep cuts the torn entry off (see sweepStaleLockDirs).
+      const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);
+      const intent = appendIntentPath(file);
+      await fs.promises.writeFile(intent, `${st.dev} ${st.ino} ${st.size} ${st.size + total}\n`, { mode: 0o600 });
+      try {
+        await writeEntries(fh, entries, st.size);
+      } finally {
+        await fs.promises.rm(intent, { force: true });
+      }
     } finally {
       await release().catch(() => undefined);
     }
