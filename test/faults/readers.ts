@@ -1,0 +1,100 @@
+// The programs that share a spool with mtad, driven the way a user or a cron job
+// would: three independent mbox parsers (Python's mailbox, formail, mutt) and the
+// dotlock tools of Debian (liblockfile's dotlockfile, procmail's lockfile, mutt_dotlock).
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { readMbox } from '../helpers/mbox';
+
+/** X-Token of every message, as Python's mailbox splits the file. */
+export function tokensByPython(file: string): string[] {
+  if (!fs.existsSync(file)) return [];
+  return readMbox(file).map((m) => m.header('X-Token') ?? '(none)');
+}
+
+/**
+ * Each message as `formail -s` splits the file: formail runs awk once per message,
+ * which prints the message's X-Token and its last non-empty line (awk reads the
+ * whole message, so formail never writes into a closed pipe).
+ */
+export function messagesByFormail(file: string): Array<{ token: string; last: string }> {
+  if (!fs.existsSync(file)) return [];
+  const awk = '/^X-Token:/ && t == "" { t = $2 } NF { last = $0 } END { print t "\t" last }';
+  const r = spawnSync('formail', ['-s', 'awk', awk], { input: fs.readFileSync(file), maxBuffer: 1 << 28, encoding: 'latin1' });
+  if (r.status !== 0) throw new Error(`formail failed (${r.status} ${r.signal} ${r.error}): ${r.stderr}`);
+  return r.stdout.split('\n').filter(Boolean).map((l) => {
+    const [token, last] = l.split('\t');
+    return { token, last };
+  });
+}
+
+export function tokensByFormail(file: string): string[] {
+  return messagesByFormail(file).map((m) => m.token);
+}
+
+const MUTT_SEP = '=MUTT-MESSAGE-END=';
+
+/**
+ * The messages mutt sees: mutt opens the mailbox read-only in a pseudo-terminal
+ * (it has no batch reading mode), tags every message and pipes each one on its own
+ * (pipe_split) into a file, with a separator after each. Returns the messages as mutt passed them.
+ */
+export function messagesByMutt(file: string): string[] {
+  if (!fs.existsSync(file)) return [];
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-mutt-'));
+  const out = path.join(dir, 'out');
+  try {
+    const keys = `<tag-pattern>~A<enter><tag-prefix><pipe-message>cat >> ${out}<enter><exit>`;
+    const r = spawnSync('python3', ['-c', 'import pty,sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)',
+      'mutt', '-n', '-F', '/dev/null', '-R', '-f', file,
+      '-e', `set folder=${dir} pipe_split=yes pipe_decode=no wait_key=no pipe_sep="${MUTT_SEP}\\n" sort=mailbox-order`,
+      '-e', `push "${keys}"`,
+    ], { env: { ...process.env, TERM: 'vt100', HOME: dir }, stdio: ['ignore', 'ignore', 'pipe'], timeout: 120000 });
+    if (r.status !== 0) throw new Error(`mutt failed (${r.status} ${r.signal}): ${r.stderr}`);
+    const text = fs.existsSync(out) ? fs.readFileSync(out, 'latin1') : '';
+    const parts = text.split(`${MUTT_SEP}\n`);
+    if (parts.pop() !== '') throw new Error(`mutt output does not end with a separator: ...${JSON.stringify(text.slice(-300))}`);
+    return parts;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function tokensByMutt(file: string): string[] {
+  return messagesByMutt(file).map((m) => /^X-Token: (\S+)$/m.exec(m)?.[1] ?? '(none)');
+}
+
+export function countBy(list: string[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const t of list) m.set(t, (m.get(t) ?? 0) + 1);
+  return m;
+}
+
+/** Whether each dotlock tool could lock the mailbox right now (each one is released again at once). */
+export function dotlockUsersCanLock(mailbox: string): { dotlockfile: boolean; lockfile: boolean; mutt_dotlock: boolean } {
+  const lock = `${mailbox}.lock`;
+  const dl = spawnSync('dotlockfile', ['-l', '-r', '0', lock]);
+  if (dl.status === 0) spawnSync('dotlockfile', ['-u', lock]);
+  const pl = spawnSync('lockfile', ['-r', '0', lock], { timeout: 15000 });
+  if (pl.status === 0) fs.rmSync(lock, { force: true });
+  const md = spawnSync('mutt_dotlock', ['-r', '0', mailbox]);
+  if (md.status === 0) spawnSync('mutt_dotlock', ['-u', mailbox]);
+  return { dotlockfile: dl.status === 0, lockfile: pl.status === 0, mutt_dotlock: md.status === 0 };
+}
+
+/** Runs a program to completion without a shell. */
+export function run(cmd: string, args: string[], opts: { input?: string | Buffer; timeout?: number } = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(cmd, args, { input: opts.input, encoding: 'latin1', timeout: opts.timeout ?? 30000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Starts a long-running program; resolves with its exit once it ends. */
+export function start(cmd: string, args: string[]): { proc: ReturnType<typeof spawn>; exit: Promise<number | null>; output: () => string } {
+  const proc = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
+  proc.stderr!.on('data', (b: Buffer) => { out += b.toString(); });
+  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  return { proc, exit, output: () => out };
+}
