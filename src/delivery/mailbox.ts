@@ -53,10 +53,11 @@ export async function appendEntries(file: string, entries: Entry[], opts: Append
       // start-up sweep cuts the torn entry off (see sweepStaleLockDirs).
       const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);
       const intent = appendIntentPath(file);
-      await fs.promises.writeFile(intent, `${st.dev} ${st.ino} ${st.size} ${st.size + total}\n`, { mode: 0o600 });
       try {
+        await fs.promises.writeFile(intent, `${st.dev} ${st.ino} ${st.size} ${st.size + total}\n`, { mode: 0o600 });
         await writeEntries(fh, entries, st.size);
       } finally {
+        // Even a half-written record must go, or the lock directory could not be removed.
         await fs.promises.rm(intent, { force: true });
       }
     } finally {
