@@ -98,3 +98,12 @@ export function start(cmd: string, args: string[]): { proc: ReturnType<typeof sp
   const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
   return { proc, exit, output: () => out };
 }
+
+/** Resolves once `cond()` holds, checking every 50 ms; rejects after `timeoutMs`. For conditions no event announces. */
+export async function until(cond: () => boolean, timeoutMs = 15000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
