@@ -36,7 +36,8 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     createMode: mailboxMode(config.spoolDir),
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory);
-  const server = createSmtpServer({ config, queue, agent, directory });
+  const receiving = new Set<Promise<unknown>>();
+  const server = createSmtpServer({ config, queue, agent, directory, receiving });
 
   const address = await listen(server, config, () => { if (runAs) dropPrivileges(runAs); });
   let pidFd: number | null = null;
@@ -72,6 +73,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
       closing ??= (async () => {
         log.info('stopping: no new connections; waiting for transactions and deliveries');
         await new Promise<void>((resolve) => server.close(() => resolve()));
+        while (receiving.size) await Promise.allSettled([...receiving]);
         await agent.close();
         if (pidFd !== null) fs.closeSync(pidFd);
         log.info('stopped');

@@ -36,6 +36,8 @@ export interface SmtpDeps {
   queue: Queue;
   agent: DeliveryAgent;
   directory: () => Promise<Directory>;
+  /** Messages being received: shutdown waits for them, so that a cut-off one is cleaned up before exit. */
+  receiving?: Set<Promise<unknown>>;
 }
 
 export function createSmtpServer(deps: SmtpDeps): SMTPServer {
@@ -90,40 +92,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       a.mailboxes = verdict.mailboxes;
     }),
 
-    onData: guard(async (stream: Readable, session: SMTPServerSession) => {
-      // smtp-server replaces session.envelope as soon as we answer: copy it now.
-      const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
-      const rcpts = session.envelope.rcptTo as unknown as RcptAddress[];
-      const id = Queue.newId();
-      const now = new Date();
-      const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox })));
-      const envelope: Envelope = { v: 1, id, sender, recipients, received: now.toISOString(), client: session.remoteAddress };
-      const header = receivedHeader({
-        helo: session.hostNameAppearsAs ?? '',
-        clientAddress: session.remoteAddress,
-        clientHostname: session.clientHostname,
-        hostname: config.hostname,
-        protocol: session.transmissionType ?? 'SMTP',
-        id,
-        recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
-        date: now,
-      });
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize).catch((err: NodeJS.ErrnoException) => {
-        log.warn(`${id}: cannot write the message to the queue: ${err.code ?? err.message}`);
-        if (err.code === 'ENOSPC' || err.code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
-        throw new SmtpError(451, '4.3.0', 'Local error in processing, try again later');
-      });
-      if (got.tooBig) {
-        throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
-      }
-      log.info(`${id}: client=${client(session)}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
-      try {
-        await deps.agent.accept({ envelope, body: got.body });
-      } catch (err) {
-        if (err instanceof TempFailure) throw new SmtpError(err.code, err.enhanced, err.message);
-        throw err;
-      }
-      return `2.0.0 Ok: queued as ${id}`;
+    onData: guard((stream: Readable, session: SMTPServerSession) => {
+      const p = receive(stream, session);
+      deps.receiving?.add(p);
+      const forget = (): void => { deps.receiving?.delete(p); };
+      p.then(forget, forget);
+      return p;
     }),
 
     onClose(session: Session) {
@@ -134,6 +108,46 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       log.info(`disconnect from ${client(session)}`);
     },
   });
+
+  async function receive(stream: Readable, session: SMTPServerSession): Promise<string> {
+    // smtp-server replaces session.envelope as soon as we answer: copy it now.
+    const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+    const rcpts = session.envelope.rcptTo as unknown as RcptAddress[];
+    const id = Queue.newId();
+    const now = new Date();
+    const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox })));
+    const envelope: Envelope = { v: 1, id, sender, recipients, received: now.toISOString(), client: session.remoteAddress };
+    const header = receivedHeader({
+      helo: session.hostNameAppearsAs ?? '',
+      clientAddress: session.remoteAddress,
+      clientHostname: session.clientHostname,
+      hostname: config.hostname,
+      protocol: session.transmissionType ?? 'SMTP',
+      id,
+      recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
+      date: now,
+    });
+    const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNECTION' || err.code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        log.info(`${id}: lost connection with ${client(session)} while receiving the message; nothing kept`);
+        throw new SmtpError(421, '4.4.2', 'Connection closed before the message was received in full');
+      }
+      log.warn(`${id}: cannot write the message to the queue: ${err.code ?? err.message}`);
+      if (err.code === 'ENOSPC' || err.code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
+      throw new SmtpError(451, '4.3.0', 'Local error in processing, try again later');
+    });
+    if (got.tooBig) {
+      throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
+    }
+    log.info(`${id}: client=${client(session)}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
+    try {
+      await deps.agent.accept({ envelope, body: got.body });
+    } catch (err) {
+      if (err instanceof TempFailure) throw new SmtpError(err.code, err.enhanced, err.message);
+      throw err;
+    }
+    return `2.0.0 Ok: queued as ${id}`;
+  }
 
   (server as SMTPServer & { mtadCommands?: ExtraCommands }).mtadCommands = extraCommands(deps, local);
   server.on('error', (err: Error & { code?: string }) => {

@@ -160,7 +160,7 @@ describe('a mailbox that is not a plain file is not written', () => {
     expect(r.code).toBe(250);
     const id = /queued as (\w+)/.exec(r.raw)![1];
     const line = await mtad.waitForLog(new RegExp(`${id}: to=<replaced@lab.test>, .*status=deferred`));
-    expect(line).toContain("status=deferred (mailbox was replaced while waiting for its lock)");
+    expect(line).toContain('status=deferred (mailbox was replaced while waiting for its lock)');
     expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
     expect(fs.readFileSync(`${box}.moved`).equals(original)).toBe(true);
     // Put the real mailbox back: the retry delivers into it.

@@ -1,0 +1,126 @@
+// SIGTERM in the middle of things (issue 3, item 5): during a large DATA and
+// during a delivery. Nothing acknowledged is lost, the client hears 421 or its
+// 250, and mtad exits 0. A delivery is held open by delaying mtad's fdatasync(2)
+// with strace, as a slow disk would (see locks.test.ts).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { Reply, SmtpClient } from '../helpers/smtp';
+import { tokensByPython, until } from './readers';
+
+const GRACE = 2;
+let mtad: Mtad | null = null;
+afterEach(async () => {
+  if (mtad) {
+    await mtad.stop('SIGKILL');
+    removeInstance(mtad.dir);
+    mtad = null;
+  }
+});
+
+async function boot(): Promise<Mtad> {
+  mtad = await startMtad({ users: ['alice'], env: { MTAD_SHUTDOWN_GRACE: String(GRACE), MTAD_RETRY_MIN_DELAY: '0.2', MTAD_RETRY_MAX_DELAY: '0.5' } });
+  return mtad;
+}
+
+const LINE = `${'d'.repeat(98)}\r\n`;
+const lines = (n: number): string => LINE.repeat(n);
+
+/** SIGTERM, then the exit: code, signal and seconds taken. */
+async function terminate(m: Mtad): Promise<{ code: number | null; signal: string | null; seconds: number }> {
+  const t0 = Date.now();
+  const exit = m.stop('SIGTERM');
+  await m.waitForLog(/SIGTERM received/);
+  const { code, signal } = await exit;
+  return { code, signal, seconds: (Date.now() - t0) / 1000 };
+}
+
+function tmpFiles(m: Mtad): string[] {
+  return fs.readdirSync(path.join(m.queue, 'tmp'));
+}
+
+async function startLargeData(m: Mtad): Promise<SmtpClient> {
+  const c = await SmtpClient.connect(m.port);
+  await c.cmd('EHLO client.test');
+  expect((await c.cmd('MAIL FROM:<a@client.test>')).code).toBe(250);
+  expect((await c.cmd('RCPT TO:<alice@lab.test>')).code).toBe(250);
+  expect((await c.cmd('DATA')).code).toBe(354);
+  c.write(`Subject: large\r\nX-Token: large\r\n\r\n${lines(10000)}`);
+  // 1 MB in: the message is being streamed to the queue's tmp/.
+  await until(() => tmpFiles(m).length === 1, 10000, 'the message to spill into tmp/');
+  return c;
+}
+
+describe('SIGTERM', () => {
+  it('during a large DATA that the client finishes within the grace time: 250, delivered, exit 0', async () => {
+    const m = await boot();
+    const c = await startLargeData(m);
+    const done = terminate(m);
+    await m.waitForLog(/stopping: no new connections/);
+    c.write(`${lines(10000)}END large\r\n.\r\n`);
+    const r = await c.read();
+    expect(r.code).toBe(250);
+    c.close();
+    const exit = await done;
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    const box = tokensByPython(m.mailbox('alice'));
+    expect(box).toEqual(['large']);
+    const raw = fs.readFileSync(m.mailbox('alice'), 'latin1');
+    expect(raw.trimEnd().endsWith('END large')).toBe(true);
+    expect(tmpFiles(m)).toEqual([]);
+    process.stdout.write(`shutdown during DATA, client finished: exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
+  });
+
+  it('during a large DATA that the client never finishes: 421, nothing kept, exit 0 at the grace time', async () => {
+    const m = await boot();
+    const c = await startLargeData(m);
+    const exit = await terminate(m);
+    const r: Reply = await c.read();
+    expect(r.code).toBe(421);
+    await expect(c.read()).rejects.toThrow(/closed/);
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    expect(exit.seconds).toBeLessThan(GRACE + 10); // the hard stop is grace + 10 s; it must not be needed
+    expect(m.output()).not.toContain('grace time over');
+    expect(fs.existsSync(m.mailbox('alice'))).toBe(false);
+    expect(tmpFiles(m)).toEqual([]);
+    expect(fs.readdirSync(path.join(m.queue, 'active'))).toEqual([]);
+    process.stdout.write(`shutdown during DATA, client stalled: 421, exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
+  });
+
+  for (const [label, holdSeconds] of [['shorter', 1], ['longer', GRACE + 2]] as const) {
+    it(`during a delivery ${label} than the grace time: the client gets 421 or its 250, the message is kept, exit 0`, async () => {
+      const m = await boot();
+      const first = await SmtpClient.connect(m.port);
+      await first.cmd('EHLO client.test');
+      expect((await first.send('a@client.test', ['alice@lab.test'], 'Subject: first\r\nX-Token: first\r\n\r\nEND first\r\n')).code).toBe(250);
+      await first.quit();
+      const strace = spawn('strace', ['-f', '-p', String(m.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${holdSeconds * 1_000_000}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      try {
+        let err = '';
+        await new Promise<void>((resolve, reject) => {
+          strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) resolve(); });
+          strace.on('exit', (code) => reject(new Error(`strace exited ${code}: ${err}`)));
+        });
+        const c = await SmtpClient.connect(m.port);
+        await c.cmd('EHLO client.test');
+        const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: held\r\nX-Token: held\r\n\r\nEND held\r\n').catch((e: Error) => e);
+        await until(() => fs.existsSync(path.join(`${m.mailbox('alice')}.lock`, 'append')), 10000, 'the append');
+        const exit = await terminate(m);
+        const r = await reply;
+        c.close();
+        expect(exit).toMatchObject({ code: 0, signal: null });
+        const tokens = tokensByPython(m.mailbox('alice'));
+        if (r instanceof Error) throw r;
+        expect([250, 421]).toContain(r.code);
+        // Acknowledged or not, the message was being written: it is there, whole, once.
+        expect(tokens).toEqual(['first', 'held']);
+        expect(fs.readdirSync(m.spool).filter((f) => f.endsWith('.lock'))).toEqual([]);
+        process.stdout.write(`shutdown during a ${holdSeconds} s delivery: client got ${r.code}, exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
+      } finally {
+        strace.kill('SIGINT');
+      }
+    });
+  }
+});
