@@ -3,8 +3,9 @@
 // restarted on the same spool and port. Like a real MTA client, a sender whose
 // transaction was cut (no reply after the final dot, or a 4xx) sends the same
 // message again once mtad is back. At the end every token that got a 250 must be
-// in each of its mailboxes, as three parsers that are not ours (Python's mailbox,
-// formail, mutt) read them.
+// in each of its mailboxes, as four readers that are not ours (Python's mailbox,
+// formail, mutt, Dovecot's imap) read them, and no lock is left that would stop
+// dotlockfile, procmail's lockfile, mutt_dotlock or a Dovecot append.
 //
 // Duplicates are expected only in the window between a mailbox fsync and the
 // moment the message is forgotten: the 250 reaching the client (for mail
@@ -21,7 +22,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
-import { countBy, dotlockUsersCanLock, messagesByFormail, messagesByMutt, run, tokensByPython } from './readers';
+import { appendByDovecot, countBy, dotlockUsersCanLock, messagesByFormail, messagesByMutt, run, tokensByDovecot, tokensByPython } from './readers';
 
 const ROUNDS = Number(process.env.KILL_ROUNDS ?? 20);
 const WORKERS = 20;
@@ -238,6 +239,7 @@ describe('kill -9 under load', () => {
       const mutt = messagesByMutt(box);
       expect(py.length).toBeGreaterThan(0);
       expect(fm).toEqual(py);
+      expect(tokensByDovecot(box)).toEqual(py);
       expect(mutt.map((m) => /^X-Token: (\S+)$/m.exec(m)?.[1] ?? '(none)')).toEqual(py);
       // Whole messages: mutt hands over each one from its From_ line to its END line.
       for (const m of mutt) {
@@ -270,9 +272,16 @@ describe('kill -9 under load', () => {
     // Nothing arrived that was never sent.
     for (const [u, m] of copies) for (const id of m.keys()) expect(tokens.get(id)?.to, `${id} in ${u}`).toContain(u);
 
-    // No lock left that would stop a reader: every dotlock user can lock every mailbox.
+    // No lock left that would stop a reader: every dotlock user can lock every mailbox,
+    // and Dovecot, which takes the dotlock and the fcntl lock to write, can append.
     for (const u of USERS) expect(dotlockUsersCanLock(path.join(spool, u))).toEqual({ dotlockfile: true, lockfile: true, mutt_dotlock: true });
     expect(fs.readdirSync(spool).filter((f) => f.endsWith('.lock'))).toEqual([]);
+    for (const u of USERS) {
+      const box = path.join(spool, u);
+      const before = tokensByPython(box);
+      expect(appendByDovecot(box, 'From: dovecot@lab.test\nSubject: after\nX-Token: dovecot-append\n\nappended by Dovecot\n')).toMatch(/^a OK/);
+      expect(tokensByPython(box)).toEqual([...before, 'dovecot-append']);
+    }
 
     const resent = [...tokens.values()].filter((t) => t.attempts > 1).length;
     const summary = `kill -9: ${ROUNDS} rounds, ${tokens.size} tokens, ${acked} acknowledged, ${lost} lost, ` +

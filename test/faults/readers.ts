@@ -107,3 +107,53 @@ export async function until(cond: () => boolean, timeoutMs = 15000, what = 'cond
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/**
+ * Runs Dovecot's imap server preauthenticated on one mbox (the way `dovecot` runs it
+ * after a login), as the mailbox's owner, with a throwaway config, indexes in memory
+ * and a 5 s lock timeout. `commands` are IMAP lines; returns what Dovecot answered.
+ */
+export function dovecotImap(mbox: string, commands: string[]): string {
+  const st = fs.statSync(mbox);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-dovecot-'));
+  try {
+    fs.chownSync(dir, st.uid, st.gid);
+    const conf = path.join(dir, 'dovecot.conf');
+    fs.writeFileSync(conf, [
+      'ssl = no',
+      `mail_location = mbox:${dir}/mail:INBOX=${mbox}:INDEX=MEMORY`,
+      `base_dir = ${dir}/run`,
+      `state_dir = ${dir}/state`,
+      'log_path = /dev/stderr',
+      'mbox_write_locks = dotlock fcntl',
+      'mbox_read_locks = fcntl',
+      'mbox_lock_timeout = 5s',
+      '',
+    ].join('\n'));
+    const r = spawnSync('setpriv', [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', '/usr/lib/dovecot/imap', '-c', conf], {
+      input: commands.map((c) => `${c}\r\n`).join(''),
+      env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir },
+      encoding: 'latin1',
+      timeout: 60000,
+      maxBuffer: 1 << 28,
+    });
+    if (r.status !== 0) throw new Error(`dovecot imap failed (${r.status} ${r.signal}): ${r.stderr}`);
+    return r.stdout;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** X-Token of every message as Dovecot sees the mailbox (read-only: EXAMINE). */
+export function tokensByDovecot(mbox: string): string[] {
+  const out = dovecotImap(mbox, ['a EXAMINE INBOX', 'b FETCH 1:* (BODY.PEEK[HEADER.FIELDS (X-Token)])', 'c LOGOUT']);
+  if (!/^a OK/m.test(out)) throw new Error(`dovecot could not open ${mbox}: ${out}`);
+  return [...out.matchAll(/^X-Token: (\S+)\r?$/gm)].map((m) => m[1]);
+}
+
+/** Appends a message through Dovecot, which takes the dotlock and the fcntl lock to write: its tagged reply. */
+export function appendByDovecot(mbox: string, message: string): string {
+  const literal = message.replace(/\r?\n/g, '\r\n');
+  const out = dovecotImap(mbox, [`a APPEND INBOX {${Buffer.byteLength(literal, 'latin1')}+}\r\n${literal}`, 'b LOGOUT']);
+  return /^a (OK|NO|BAD).*$/m.exec(out)?.[0] ?? out;
+}
