@@ -94,6 +94,8 @@ describe('kill -9 under load', () => {
 
     const tokens = new Map<string, Token>();
     const atRisk = new Set<string>();
+    const cutTokens = new Set<string>();
+    const queuedAtKill = new Set<string>();
     const tempFailed = new Set<string>();
     let acks = 0;
     let cutAfterDot = 0;
@@ -161,6 +163,7 @@ describe('kill -9 under load', () => {
           // dot went out without a reply may be in its mailboxes already.
           if (pendingResend?.state === 'dot-sent') {
             atRisk.add(pendingResend.id);
+            cutTokens.add(pendingResend.id);
             cutAfterDot++;
             pendingResend.state = 'sending';
           }
@@ -203,7 +206,7 @@ describe('kill -9 under load', () => {
       await exited;
       // mtad is dead: record what sits in the duplicate window right now.
       const queued = queuedTokens(queueDir);
-      for (const id of queued) atRisk.add(id);
+      for (const id of queued) { atRisk.add(id); queuedAtKill.add(id); }
       const lockDirs = fs.readdirSync(spool).filter((f) => f.endsWith('.lock') && fs.lstatSync(path.join(spool, f)).isDirectory());
       staleDirsSeen.push(...lockDirs);
       roundLog.push(`round ${round}: acks so far ${acks}, cut after the dot so far ${cutAfterDot}, queued ${queued.length}, lock dirs ${lockDirs.length}`);
@@ -256,6 +259,8 @@ describe('kill -9 under load', () => {
     let acked = 0;
     let lost = 0;
     let duplicated = 0;
+    let dupCut = 0;
+    let dupQueued = 0;
     const dupNotAtRisk: string[] = [];
     for (const t of tokens.values()) {
       if (t.state !== 'acked') continue;
@@ -265,6 +270,8 @@ describe('kill -9 under load', () => {
         if (n === 0) lost++;
         if (n > 1) {
           duplicated++;
+          if (cutTokens.has(t.id)) dupCut++;
+          if (queuedAtKill.has(t.id)) dupQueued++;
           if (!atRisk.has(t.id) && !tempFailed.has(t.id)) dupNotAtRisk.push(`${t.id}@${u}`);
         }
       }
@@ -285,7 +292,8 @@ describe('kill -9 under load', () => {
 
     const resent = [...tokens.values()].filter((t) => t.attempts > 1).length;
     const summary = `kill -9: ${ROUNDS} rounds, ${tokens.size} tokens, ${acked} acknowledged, ${lost} lost, ` +
-      `${duplicated} duplicated (${atRisk.size} tokens were in the duplicate window at a kill: ${cutAfterDot} cut after the final dot, the rest queued), ${resent} resent by the clients, ` +
+      `${duplicated} duplicated (${dupCut} of them cut after the final dot, ${dupQueued} queued at a kill; ` +
+      `the window held ${cutTokens.size} tokens cut after the final dot and ${queuedAtKill.size} queued at a kill), ${resent} resent by the clients, ` +
       `${tempFailed.size} got a 4xx, ${staleDirsSeen.length} stale lock dirs swept, ${tornRollbacks} torn appends rolled back (${tornBytes} bytes)`;
     process.stdout.write(`${roundLog.join('\n')}\n${summary}\n`);
     expect(lost).toBe(0);
