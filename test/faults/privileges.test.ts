@@ -136,6 +136,13 @@ describe.skipIf(!isRoot())('started as root', () => {
     const asUser = spawnSync('setpriv', [`--reuid=${sys.uid}`, `--regid=${sys.gid}`, '--clear-groups', 'head', '-c', '5', box], { encoding: 'utf8' });
     expect(asUser.stdout).toBe('From ');
 
+    // A name that is no system user: root's, group mail, 0660, so that mtad can write it.
+    expect(runCli('mta-adduser', ['--disabled-password', 'labonly'], instanceEnv(dir, env)).status).toBe(0);
+    const lab = fs.statSync(path.join(spool, 'labonly'));
+    expect([lab.uid, lab.gid, lab.mode & 0o7777]).toEqual([0, mailGid, 0o660]);
+    await deliver(m, 'labonly', 'to-lab-user');
+    expect(tokensByPython(path.join(spool, 'labonly'))).toEqual(['to-lab-user']);
+
     // A mailbox mtad has to create itself in the shared spool is the mail group's too.
     await deliver(m, 'alice', 'created-by-mtad');
     const a = fs.statSync(path.join(spool, 'alice'));
