@@ -24,6 +24,8 @@ export async function receiveBody(
   envelope: Envelope,
   receivedHeader: string,
   maxSize: number,
+  /** Sees the body as it arrives (the teaching trace). */
+  tap?: { push(chunk: Buffer): void; end(): void },
 ): Promise<Received> {
   const enc = new MboxEncoder();
   let chunks: Buffer[] = [...enc.push(Buffer.from(receivedHeader, 'latin1'))];
@@ -36,6 +38,7 @@ export async function receiveBody(
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       size += chunk.length;
+      tap?.push(chunk);
       if (tooBig || size > maxSize || stream.sizeExceeded) { tooBig = true; continue; }
       const out = enc.push(chunk);
       if (fh) {
@@ -52,6 +55,7 @@ export async function receiveBody(
         chunks = [];
       }
     }
+    tap?.end();
     if (tooBig || stream.sizeExceeded) {
       tooBig = true;
       return { body: { kind: 'memory', chunks: [], length: 0 }, size, tooBig };

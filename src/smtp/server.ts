@@ -13,6 +13,7 @@ import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as Po
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
 import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
+import { BodyTrace, tag, TRACE_ID, traceLogger } from './trace';
 
 export class SmtpError extends Error {
   readonly responseCode: number;
@@ -52,11 +53,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     return err;
   };
 
-  const server = new SMTPServer({
+  const server: SMTPServer = new SMTPServer({
     name: config.hostname,
     banner: 'mtad',
     heloResponse: '%s',
-    logger: false,
+    // The teaching trace reads the dialogue from the library's debug log; off, there is no logger at all.
+    logger: config.trace ? traceLogger(() => server) : false,
     disabledCommands: ['AUTH', 'STARTTLS'],
     hideSTARTTLS: true,
     authOptional: true,
@@ -108,7 +110,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
         date: now,
       });
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize);
+      let trace: BodyTrace | undefined;
+      if (config.trace) {
+        (session as unknown as Record<string, unknown>)[TRACE_ID] = id;
+        trace = new BodyTrace(tag(session.remoteAddress, session.remotePort, id));
+      }
+      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace);
       if (got.tooBig) {
         throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
       }
