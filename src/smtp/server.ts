@@ -13,7 +13,7 @@ import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as Po
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
 import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
-import { BodyTrace, tag, TRACE_ID, traceLogger } from './trace';
+import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger } from './trace';
 
 export class SmtpError extends Error {
   readonly responseCode: number;
@@ -115,7 +115,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         (session as unknown as Record<string, unknown>)[TRACE_ID] = id;
         trace = new BodyTrace(tag(session.remoteAddress, session.remotePort, id));
       }
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace);
+      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace)
+        .finally(() => { if (trace) (session as unknown as Record<string, unknown>)[TRACE_END] = true; });
       if (got.tooBig) {
         throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
       }

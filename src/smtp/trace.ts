@@ -10,6 +10,8 @@ import { log } from '../log';
 
 /** Session property holding the queue id of the transaction in DATA, for the tags. */
 export const TRACE_ID = 'mtadTraceId';
+/** Set once the body is read: the next reply closes the transaction, and the id tag ends with it. */
+export const TRACE_END = 'mtadTraceEnd';
 
 interface TracedConnection {
   id: string;
@@ -52,6 +54,10 @@ export function traceLogger(server: () => SMTPServer): Record<string, (...args: 
       if (dir === 'C:' && conn.session && /^(MAIL|RSET|HELO|EHLO|LHLO)$/.test(m.command ?? '')) delete conn.session[TRACE_ID];
       const id = conn.session?.[TRACE_ID];
       for (const l of String(line).split(/\r?\n/)) log.info(`${tag(conn.remoteAddress, conn.remotePort, id)} ${dir} ${printableLine(l)}`);
+      if (dir === 'S:' && conn.session?.[TRACE_END]) {
+        delete conn.session[TRACE_ID];
+        delete conn.session[TRACE_END];
+      }
     },
   };
 }
