@@ -77,6 +77,15 @@ describe('mtad refuses bad set-ups plainly', () => {
     expectOneLine(ro, /^mtad: user nobody \(uid 65534\) cannot write the spool directory .*\/spool: chown nobody .*\/spool, or set MTAD_RUN_AS to a user who can$/);
   });
 
+  it('names the directory that keeps the user it runs as away from the spool', () => {
+    if (!isRoot()) return; // only root changes user
+    const dir = instance();
+    fs.chmodSync(dir, 0o700);
+    const r = runMtad(instanceEnv(dir));
+    expect(r.status).toBe(77);
+    expectOneLine(r, new RegExp(`^mtad: user nobody \\(uid 65534\\) cannot reach the spool ${dir}/spool: ${dir} is closed to it \\(put mtad where other users can enter`));
+  });
+
   it('refuses a second mtad on the same queue', async () => {
     const dir = instance();
     const first = await startMtad({ dir });
