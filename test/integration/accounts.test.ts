@@ -1,9 +1,11 @@
 // mta-adduser / mta-deluser / mta-users against a running mtad: changes take
 // effect at the next RCPT, without restart or signal.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { isRoot, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { isRoot, Mtad, removeInstance, ROOT, runCli, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 
 let mtad: Mtad;
@@ -74,6 +76,19 @@ describe('managing users while mtad runs', () => {
     expect(r.status).toBe(status);
     expect(r.stderr).toMatch(re);
     expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
+  });
+
+  it('asks at a terminal like adduser, without echoing the password', () => {
+    const script = [['New password: ', 'pa55-word'], ['Retype new password: ', 'pa55-word'], ['Full Name []: ', 'Kim Kay']];
+    const out = execFileSync('python3', [path.join(__dirname, '..', 'helpers', 'pty_run.py'), JSON.stringify(script),
+      process.execPath, path.join(ROOT, 'bin', 'mta-adduser'), 'kim'], { env: mtad.cliEnv(), encoding: 'utf8' });
+    const { shown, status } = JSON.parse(out) as { shown: string; status: number };
+    expect(status).toBe(0);
+    expect(shown).toContain('New password: ');
+    expect(shown).toContain('Retype new password: ');
+    expect(shown).not.toContain('pa55-word');
+    expect(shown).toContain('Kim Kay'); // an ordinary answer is echoed
+    expect(fs.readFileSync(mtad.usersFile, 'utf8')).toMatch(/^kim:scrypt\$[^:]+:Kim Kay$/m);
   });
 
   it('refuses a password typed differently twice, and changes nothing', () => {
