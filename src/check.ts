@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
-import { Config, describeErrno } from './config';
+import { Config, describeErrno, ROOT } from './config';
 import { Directory, expand, POSTMASTER } from './policy';
 import { localNames } from './smtp/server';
 import { SystemUser, userById } from './system/passwd';
@@ -56,7 +56,9 @@ export function checkInstallation(config: Config): CheckReport {
   }
 
   if (who) {
-    row('spool', `${config.spoolDir}${checkDir(config.spoolDir, who, false, problem, 73)}`);
+    // mtad started as root gives the checkout's own root-owned spool to the user it becomes (adoptCheckoutSpool).
+    const adopts = isRoot() && !config.runAs && who.uid !== 0 && config.spoolDir === path.join(ROOT, 'spool') && statOrNull(config.spoolDir)?.uid === 0;
+    row('spool', `${config.spoolDir}${adopts ? ` (belongs to root: mtad gives it to ${who.label} at start-up)` : checkDir(config.spoolDir, who, false, problem, 73)}`);
     row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
   }
 

@@ -6,14 +6,15 @@ import type { AddressInfo } from 'node:net';
 import * as osLock from 'os-lock';
 import type { SMTPServer } from 'smtp-server';
 import { AccountDirectory } from './accounts/directory';
-import { Config, describeErrno } from './config';
+import path from 'node:path';
+import { Config, describeErrno, ROOT } from './config';
 import { DeliveryAgent } from './delivery/agent';
 import { Deliverer } from './delivery/deliverer';
 import { sweepStaleLockDirs } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
-import { chooseRunAs, dropPrivileges, StartupError } from './system/privileges';
+import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
 
 export { StartupError };
@@ -27,6 +28,7 @@ export interface Daemon {
 export async function startDaemon(config: Config): Promise<Daemon> {
   setLogLevel(config.logLevel);
   const runAs = chooseRunAs(config.runAs, config.spoolDir);
+  const adopted = runAs && !config.runAs && adoptCheckoutSpool(config.spoolDir, path.join(ROOT, 'spool'), runAs);
   const queue = new Queue(config.queueDir);
   const accounts = new AccountDirectory(config.usersFile, config.aliasesFile);
   const directory = () => accounts.current();
@@ -58,6 +60,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
 
   const who = process.getuid ? `${userLabel(runAs)} (uid ${process.getuid()})` : 'this user';
   const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  if (adopted) log.info(`gave the spool ${config.spoolDir} to ${userLabel(runAs)}, the user mtad runs as`);
   log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
     `spool ${config.spoolDir}, running as ${who}`);
   await agent.recover();
@@ -117,6 +120,11 @@ function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
 function checkAccess(config: Config, runAs: SystemUser | null): void {
   const who = runAs ? `user ${userLabel(runAs)} (uid ${runAs.uid})` : 'this user';
   const fix = runAs ? `chown ${runAs.name || runAs.uid} ${config.spoolDir}, or set MTAD_RUN_AS to a user who can` : 'run mtad as the owner, or choose another MTAD_SPOOL_DIR';
+  const closed = closedAncestor(config.spoolDir);
+  if (closed) {
+    throw new StartupError(`mtad: ${who} cannot reach the spool ${config.spoolDir}: ${closed} is closed to it ` +
+      '(put mtad where other users can enter, e.g. /opt/mtad, or set MTAD_SPOOL_DIR=/var/spool/mail)', 77);
+  }
   try {
     if (!fs.statSync(config.spoolDir).isDirectory()) throw Object.assign(new Error(), { code: 'ENOTDIR' });
   } catch (err) {
