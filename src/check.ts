@@ -1,9 +1,12 @@
 // mtad --check: everything mtad would verify at start-up, and what it would do,
-// without binding a port or touching the queue. Each problem is one line with
+// without serving or touching the queue (the port is bound for an instant, to
+// see whether something else has it). Each problem is one line with
 // the exit code mtad itself would stop with; permissions are judged for the user
 // mtad would run as, from the mode bits, since a root caller passes every access().
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import * as osLock from 'os-lock';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
 import { Config, describeErrno, ROOT } from './config';
@@ -28,7 +31,7 @@ interface Who {
   label: string;
 }
 
-export function checkInstallation(config: Config): CheckReport {
+export async function checkInstallation(config: Config): Promise<CheckReport> {
   const lines: string[] = [];
   const problems: Problem[] = [];
   const problem = (text: string, exitCode: number): void => { problems.push({ text, exitCode }); };
@@ -39,6 +42,12 @@ export function checkInstallation(config: Config): CheckReport {
   row('listen on', `${shown}:${config.port}${portNote(config.port)}`);
   if (config.port > 0 && config.port < 1024 && !isRoot() && !hasBindCapability()) {
     problem(`port ${config.port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE (the systemd unit); or set MTAD_PORT=2525`, 77);
+  }
+  const other = await runningMtad(config.queueDir);
+  if (other !== null) problem(`another mtad${other ? ` (pid ${other})` : ''} is already running on the queue ${config.queueDir}`, 75);
+  else if (config.port !== 0 && (config.port >= 1024 || isRoot() || hasBindCapability())) {
+    const busy = await portInUse(config.host, config.port);
+    if (busy) problem(`port ${config.port} on ${config.host} is already in use (another mail server, such as Postfix or Exim?)`, 69);
   }
   row('host name', config.hostname);
   const local = localNames(config);
@@ -90,6 +99,34 @@ export function checkInstallation(config: Config): CheckReport {
     }
   }
   return { lines, problems };
+}
+
+/** The pid of the mtad holding the queue's pid lock, '' if unknown, or null when none does. */
+async function runningMtad(queueDir: string): Promise<string | null> {
+  let fd: number;
+  try {
+    fd = fs.openSync(path.join(queueDir, 'mtad.pid'), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return null;
+  }
+  try {
+    // A shared lock for an instant; mtad, starting meanwhile, waits that out (lockPidFile).
+    await osLock.lock(fd, 0, 0, { exclusive: false, immediate: true });
+    return null;
+  } catch {
+    return fs.readFileSync(fd, 'utf8').trim();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Binds the port for an instant, as mtad would; only EADDRINUSE counts (privilege is judged above). */
+function portInUse(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE'));
+    s.listen(port, host, () => s.close(() => resolve(false)));
+  });
 }
 
 function portNote(port: number): string {

@@ -106,7 +106,8 @@ function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
   const where = `port ${config.port} on ${config.host}`;
   switch (err.code) {
     case 'EADDRINUSE':
-      return new StartupError(`mtad: ${where} is already in use (another mail server, such as Postfix or Exim?): stop it, or set MTAD_PORT=2525`, 69);
+      // Suggesting the very port that is taken would send the newcomer round in a circle.
+      return new StartupError(`mtad: ${where} is already in use (another mail server, such as Postfix or Exim?): stop it, or set MTAD_PORT=${config.port === 2525 ? 2526 : 2525}`, 69);
     case 'EACCES':
     case 'EPERM':
       return new StartupError(`mtad: ${where} needs root: run sudo node bin/mtad, or set MTAD_PORT=2525`, 77);

@@ -30,7 +30,7 @@ runMain('mtad', async (argv) => {
   const config = loadConfig();
   if (trace) config.trace = true;
   if (check) {
-    const report = checkInstallation(config);
+    const report = await checkInstallation(config);
     for (const l of report.lines) process.stdout.write(`${l}\n`);
     for (const p of report.problems) process.stdout.write(`problem: ${p.text}\n`);
     if (!report.problems.length) { process.stdout.write('ok: mtad would start with this configuration\n'); return EX.OK; }

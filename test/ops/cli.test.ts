@@ -2,12 +2,19 @@
 // would do, and stops on the problems mtad itself would stop on, with the same
 // exit code (checked by starting the real mtad on the same instance).
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOSTNAME, instanceEnv, isRoot, makeInstance, removeInstance, runCli } from '../helpers/mtad';
 
 const VERSION = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 const dirs: string[] = [];
+const freePort = (): Promise<number> => new Promise((resolve) => {
+  const s = net.createServer().listen(0, '127.0.0.1', () => {
+    const { port } = s.address() as net.AddressInfo;
+    s.close(() => resolve(port));
+  });
+});
 afterEach(() => { dirs.splice(0).forEach(removeInstance); });
 const instance = (opts: Parameters<typeof makeInstance>[0] = {}): string => {
   const d = makeInstance(opts);
@@ -31,12 +38,13 @@ describe('--help and --version', () => {
 });
 
 describe('mtad --check', () => {
-  it('shows what mtad would listen on and accept for, and exits 0', () => {
+  it('shows what mtad would listen on and accept for, and exits 0', async () => {
     const dir = instance({ users: ['alice', 'bob'], aliases: 'MAILER-DAEMON: postmaster\npostmaster: alice\nteam: alice, bob@lab.test\n' });
-    const r = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_PORT: '2525' }));
+    const port = await freePort();
+    const r = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_PORT: String(port) }));
     expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^listen on +127\.0\.0\.1:2525$/m);
+    expect(r.status, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^listen on +127\\.0\\.0\\.1:${port}$`, 'm'));
     expect(r.stdout).toMatch(new RegExp(`^domains +${HOSTNAME}, localhost$`, "m"));
     expect(r.stdout).toMatch(/^literals +\[127\.0\.0\.1\]$/m);
     expect(r.stdout).toMatch(/^users +alice, bob {2}\(/m);
@@ -98,5 +106,26 @@ describe('mtad --check', () => {
     const r = runCli('mtad', ['--check'], instanceEnv(instance(), { MTAD_PORT: '25' }));
     expect(r.status).toBe(77);
     expect(r.stdout).toContain('problem: port 25 needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE');
+  });
+});
+
+describe('mtad --check beside a running mtad', () => {
+  it('names the mtad already running on the queue (75), as a second mtad would', async () => {
+    const { startMtad } = await import('../helpers/mtad');
+    const m = await startMtad();
+    try {
+      const r = runCli('mtad', ['--check'], m.cliEnv());
+      expect(r.status).toBe(75);
+      expect(r.stdout).toContain(`problem: another mtad (pid ${m.pid}) is already running on the queue ${m.queue}`);
+      // and a port someone else holds, when the queue is another one (mtad would exit 69)
+      const other = instanceEnv(instance(), { MTAD_PORT: String(m.port) });
+      const busy = runCli('mtad', ['--check'], other);
+      expect(busy.status).toBe(69);
+      expect(busy.stdout).toContain(`problem: port ${m.port} on 127.0.0.1 is already in use`);
+      expect(runCli('mtad', [], other).status).toBe(69);
+    } finally {
+      await m.stop();
+      removeInstance(m.dir);
+    }
   });
 });
