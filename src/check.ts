@@ -44,7 +44,8 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     problem(`port ${config.port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE (the systemd unit); or set MTAD_PORT=2525`, 77);
   }
   const other = await runningMtad(config.queueDir);
-  if (other !== null) problem(`another mtad${other ? ` (pid ${other})` : ''} is already running on the queue ${config.queueDir}`, 75);
+  // Checking the configuration of the mtad that runs (before restarting it) is the common case: not a problem.
+  if (other !== null) row('running', `mtad${other ? ` (pid ${other})` : ''} serves this queue now (a second one would stop, exit 75)`);
   else if (config.port !== 0 && (config.port >= 1024 || isRoot() || hasBindCapability())) {
     const busy = await portInUse(config.host, config.port);
     if (busy) problem(`port ${config.port} on ${config.host} is already in use (another mail server, such as Postfix or Exim?)`, 69);

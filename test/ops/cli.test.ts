@@ -110,13 +110,15 @@ describe('mtad --check', () => {
 });
 
 describe('mtad --check beside a running mtad', () => {
-  it('names the mtad already running on the queue (75), as a second mtad would', async () => {
+  it('says which mtad serves the queue now, and finds a port that another server holds (69)', async () => {
     const { startMtad } = await import('../helpers/mtad');
     const m = await startMtad();
     try {
       const r = runCli('mtad', ['--check'], m.cliEnv());
-      expect(r.status).toBe(75);
-      expect(r.stdout).toContain(`problem: another mtad (pid ${m.pid}) is already running on the queue ${m.queue}`);
+      expect(r.status, r.stdout).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^running +mtad \\(pid ${m.pid}\\) serves this queue now \\(a second one would stop, exit 75\\)$`, 'm'));
+      const second = runCli('mtad', [], { ...m.cliEnv(), MTAD_PORT: '0' });
+      expect(second.status).toBe(75);
       // and a port someone else holds, when the queue is another one (mtad would exit 69)
       const other = instanceEnv(instance(), { MTAD_PORT: String(m.port) });
       const busy = runCli('mtad', ['--check'], other);

@@ -105,14 +105,15 @@ describe('mtad as the unit runs it', () => {
     // mtad --check, run the same way, sees the capability and no problem.
     const dir = makeInstance();
     try {
-      const env = instanceEnv(dir, { MTAD_PORT: String(port) });
+      // Another free low port: the one above is mtad's now, and --check would find it taken.
+      const env = instanceEnv(dir, { MTAD_PORT: String(await freeLowPort()) });
       const check = spawnSync(wrapper[0], [...wrapper.slice(1), process.execPath, path.join(ROOT, 'bin', 'mtad'), '--check'], { env, encoding: 'utf8' });
-      expect(check.stdout).toMatch(new RegExp(`^listen on +127\\.0\\.0\\.1:${port} \\(CAP_NET_BIND_SERVICE\\)$`, 'm'));
+      expect(check.stdout).toMatch(new RegExp(`^listen on +127\\.0\\.0\\.1:${env.MTAD_PORT} \\(CAP_NET_BIND_SERVICE\\)$`, 'm'));
       expect(check.status, check.stdout).toBe(0);
       // and without the capability it names the problem, as mtad itself would fail (77)
       const bare = spawnSync('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, path.join(ROOT, 'bin', 'mtad'), '--check'], { env, encoding: 'utf8' });
       expect(bare.status).toBe(77);
-      expect(bare.stdout).toContain(`problem: port ${port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE`);
+      expect(bare.stdout).toContain(`problem: port ${env.MTAD_PORT} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE`);
     } finally {
       removeInstance(dir);
     }
