@@ -25,7 +25,6 @@ const SHOWN_LINE_LENGTH = 200;
 
 /** What a line looks like on the projector: control characters and 8-bit bytes escaped, long lines cut. */
 export function printableLine(line: string): string {
-  // eslint-disable-next-line no-control-regex
   const s = line.replace(/[\x00-\x1f\x7f-\xff]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
   return s.length > SHOWN_LINE_LENGTH ? `${s.slice(0, SHOWN_LINE_LENGTH)}[...]` : s;
 }
