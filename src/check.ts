@@ -68,8 +68,11 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   if (who) {
     // mtad started as root gives the checkout's own root-owned spool to the user it becomes (adoptCheckoutSpool).
     const adopts = isRoot() && !config.runAs && who.uid !== 0 && config.spoolDir === path.join(ROOT, 'spool') && statOrNull(config.spoolDir)?.uid === 0;
+    const before = problems.length;
     row('spool', `${config.spoolDir}${adopts ? ` (belongs to root: mtad gives it to ${who.label} at start-up)` : checkDir(config.spoolDir, who, false, problem, 73)}`);
-    row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
+    // A queue inside a spool already found wanting would only repeat the same problem.
+    const inSpool = config.queueDir.startsWith(`${config.spoolDir}/`);
+    if (!(inSpool && problems.length > before)) row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
   }
 
   const users = readAccounts(config.usersFile, 'users', problem, (t) => parseUsers(t));
@@ -175,7 +178,7 @@ function checkDir(dir: string, who: Who, mayCreate: boolean, problem: (t: string
     }
     const parent = path.dirname(dir);
     const pst = statOrNull(parent);
-    if (!pst || !searchable(parent, who) || !allowed(pst, who, 0o3)) {
+    if (!pst || closedTo(parent, who) || !allowed(pst, who, 0o3)) {
       problem(`${who.label} cannot create the queue directory ${dir} (${parent} is not writable for it)`, code);
       return '';
     }
@@ -185,8 +188,9 @@ function checkDir(dir: string, who: Who, mayCreate: boolean, problem: (t: string
     problem(`${dir}: not a directory`, code);
     return '';
   }
-  if (!searchable(dir, who)) {
-    problem(`${who.label} cannot reach ${dir}: a directory above it is not searchable (x) for that user`, 77);
+  const closed = closedTo(dir, who);
+  if (closed) {
+    problem(`${who.label} cannot reach ${dir}: ${closed} is closed to it (put mtad where other users can enter, e.g. /opt/mtad)`, 77);
     return '';
   }
   if (!allowed(st, who, 0o3)) {
@@ -213,13 +217,18 @@ function statOrNull(p: string): fs.Stats | null {
   try { return fs.statSync(p); } catch { return null; }
 }
 
-/** Every directory above `p` must be searchable by `who`. */
-function searchable(p: string, who: Who): boolean {
+/** The first directory above `p` that `who` may not enter (no x), or null. */
+function closedTo(p: string, who: Who): string | null {
+  const above: string[] = [];
   for (let d = path.dirname(path.resolve(p)); ; d = path.dirname(d)) {
-    const st = statOrNull(d);
-    if (!st || !allowed(st, who, 0o1)) return false;
-    if (d === path.dirname(d)) return true;
+    above.unshift(d);
+    if (d === path.dirname(d)) break;
   }
+  for (const d of above) {
+    const st = statOrNull(d);
+    if (!st || !allowed(st, who, 0o1)) return d;
+  }
+  return null;
 }
 
 /** Unix permission check for `who` from the mode bits; `bits` is rwx as 4/2/1. */

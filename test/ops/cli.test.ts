@@ -102,6 +102,23 @@ describe('mtad --check', () => {
     expect(r.stdout).toMatch(new RegExp(`problem: nobody \\(uid \\d+\\) cannot write ${spool} \\(owner uid 0, mode 755\\)`));
   });
 
+  it.skipIf(!isRoot())('names the directory that keeps that user away from the spool, as mtad does (77)', () => {
+    const dir = instance();
+    const closed = path.join(dir, 'closed');
+    fs.mkdirSync(closed, { mode: 0o700 });
+    const spool = path.join(closed, 'spool');
+    fs.renameSync(path.join(dir, 'spool'), spool);
+    const env = instanceEnv(dir, { MTAD_SPOOL_DIR: spool });
+    const r = runCli('mtad', ['--check'], env);
+    const real = runCli('mtad', [], env);
+    expect(real.status).toBe(77);
+    expect(real.stderr).toContain(`${closed} is closed to it`);
+    expect(r.status).toBe(77);
+    expect(r.stdout.split('\n').filter((l) => l.startsWith('problem: '))).toEqual([
+      `problem: nobody (uid 65534) cannot reach ${spool}: ${closed} is closed to it (put mtad where other users can enter, e.g. /opt/mtad)`,
+    ]);
+  });
+
   it.skipIf(isRoot())('without root, names port 25 as the problem (77)', () => {
     const r = runCli('mtad', ['--check'], instanceEnv(instance(), { MTAD_PORT: '25' }));
     expect(r.status).toBe(77);
