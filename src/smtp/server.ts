@@ -12,7 +12,7 @@ import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
-import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
+import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
 
 export class SmtpError extends Error {
   readonly responseCode: number;
@@ -69,6 +69,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     socketTimeout: config.idleTimeout * 1000,
     closeTimeout: Math.max(1, config.shutdownGrace * 1000),
     maxRecipients: config.maxRecipients,
+    maxCommandLength: hardLineCap(config.maxLineLength),
 
     onConnect: guard((session: Session) => {
       const ip = session.remoteAddress;
@@ -131,7 +132,9 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     },
   });
 
-  (server as SMTPServer & { mtadCommands?: ExtraCommands }).mtadCommands = extraCommands(deps, local);
+  const withExtras = server as SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
+  withExtras.mtadCommands = extraCommands(deps, local);
+  withExtras.mtadLimits = { maxLineLength: config.maxLineLength, maxErrors: config.maxErrors };
   server.on('error', (err: Error & { code?: string }) => {
     // Client resets and half-sent messages arrive here; they are not our errors.
     log.debug(`smtp: ${err.code ?? ''} ${err.message}`);
