@@ -109,7 +109,17 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
         date: now,
       });
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize);
+      let got;
+      try {
+        got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize);
+      } catch (err) {
+        // The client left (FIN, RST or idle timeout) before the final dot: nothing was
+        // acknowledged and receiveBody has removed what it kept; there is nobody to answer.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ECONNECTION' && code !== 'ERR_STREAM_PREMATURE_CLOSE') throw err;
+        log.info(`lost connection after DATA (${receivedBytes(stream)} bytes) from ${client(session)}`);
+        throw new SmtpError(421, '4.4.2', 'Connection lost');
+      }
       if (got.tooBig) {
         throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
       }
@@ -164,6 +174,10 @@ function guard<A extends unknown[]>(fn: (...args: A) => unknown): (...args: [...
       },
     );
   };
+}
+
+function receivedBytes(stream: Readable): number {
+  return (stream as Readable & { byteLength?: number }).byteLength ?? 0;
 }
 
 function qualify(address: string, config: Config): string {
