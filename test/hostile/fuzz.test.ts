@@ -1,8 +1,9 @@
 // A bounded, seeded fuzzer: random and mutated SMTP sessions (valid sessions with
-// bytes flipped, inserted, deleted; long lines; binary; pipelined bursts) sent at a
-// real mtad from many connections at once. mtad must stay up, answer only with
-// well-formed SMTP replies, write nothing outside its spool, and still deliver a
-// valid session afterwards.
+// bytes flipped, inserted, deleted; long lines; binary; pipelined bursts; clients
+// that leave at a random byte with FIN or RST) sent at a real mtad from many
+// connections at once. mtad must stay up, answer only with well-formed SMTP replies,
+// leave nothing half-received in its queue, write nothing outside its spool, and
+// still deliver a valid session afterwards.
 //   MTAD_FUZZ_SESSIONS   sessions to run (default 20000)
 //   MTAD_FUZZ_SEED       the seed (default: random; printed, so a failure can be replayed)
 //   MTAD_FUZZ_PARALLEL   connections at a time (default 40)
@@ -69,15 +70,23 @@ function mutate(r: Rand, b: Buffer): Buffer {
       case 2: out = Buffer.concat([out.subarray(0, at), out.subarray(Math.min(out.length, at + 1 + int(r, 16)))]); break;
       case 3: out = Buffer.concat([out.subarray(0, at), out.subarray(at, at + int(r, 64)), out.subarray(at)]); break;
       case 4: out = Buffer.concat([out.subarray(0, at), Buffer.from(pick(r, SNIPPETS), 'latin1'), out.subarray(at)]); break;
-      default: out = Buffer.concat([out.subarray(0, at), crypto.randomBytes(0), Buffer.from(Array.from({ length: 1 + int(r, 8) }, () => int(r, 256))), out.subarray(at)]);
+      default: out = Buffer.concat([out.subarray(0, at), Buffer.from(Array.from({ length: 1 + int(r, 8) }, () => int(r, 256))), out.subarray(at)]);
     }
   }
   return out;
 }
 
-/** One session's bytes, by kind. Every session ends with an end of data and QUIT, so mtad closes it. */
-function session(r: Rand): { kind: string; bytes: Buffer } {
+/**
+ * One session's bytes, by kind, and how the client leaves: most end with an end of
+ * data and QUIT, so mtad closes them; a 'vanish' session stops at a random byte and
+ * leaves with a FIN or a RST.
+ */
+function session(r: Rand): { kind: string; bytes: Buffer; leave?: 'FIN' | 'RST' } {
   const k = r();
+  if (k >= 0.95) {
+    const whole = mutate(r, Buffer.from(validSession(r), 'latin1'));
+    return { kind: 'vanish', bytes: whole.subarray(0, int(r, whole.length + 1)), leave: r() < 0.5 ? 'FIN' : 'RST' };
+  }
   let kind: string;
   let bytes: Buffer;
   if (k < 0.1) {
@@ -97,6 +106,7 @@ function session(r: Rand): { kind: string; bytes: Buffer } {
     kind = 'long line';
     bytes = Buffer.from(`EHLO x.test\r\n${pick(r, ['NOOP ', 'MAIL FROM:<', 'RCPT TO:<', 'HELO '])}${'A'.repeat(1000 + int(r, 80000))}\r\nNOOP\r\n`, 'latin1');
   } else {
+    // (k >= 0.95: 'vanish' sessions, above)
     kind = 'binary';
     bytes = Buffer.from(Array.from({ length: 1 + int(r, 2000) }, () => int(r, 256)));
   }
@@ -107,8 +117,8 @@ const REPLY_LINE = /^[2-5]\d\d[ -]/;
 
 interface Outcome { text: string; hung: boolean }
 
-/** Sends the bytes in 1 to 3 segments, then reads until mtad closes the connection. */
-function run(port: number, r: Rand, bytes: Buffer): Promise<Outcome> {
+/** Sends the bytes in 1 to 3 segments, then reads until mtad closes the connection (or leaves first). */
+function run(port: number, r: Rand, bytes: Buffer, leave?: 'FIN' | 'RST'): Promise<Outcome> {
   return new Promise((resolve) => {
     const sock = net.connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
@@ -121,6 +131,8 @@ function run(port: number, r: Rand, bytes: Buffer): Promise<Outcome> {
       const cuts = Array.from({ length: int(r, 3) }, () => int(r, bytes.length)).sort((a, b) => a - b);
       let from = 0;
       for (const c of [...cuts, bytes.length]) { if (c > from) sock.write(bytes.subarray(from, c)); from = Math.max(from, c); }
+      if (leave === 'FIN') sock.end();
+      else if (leave === 'RST') sock.resetAndDestroy();
     });
   });
 }
@@ -177,14 +189,16 @@ it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
   await Promise.all(Array.from({ length: PARALLEL }, async () => {
     for (let i = next++; i < SESSIONS; i = next++) {
       const r = prng(seeds[i]);
-      const { kind, bytes } = session(r);
+      const { kind, bytes, leave } = session(r);
       kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
-      const { text, hung } = await run(m.port, r, bytes);
+      const { text, hung } = await run(m.port, r, bytes, leave);
       const lines = text.split('\r\n');
-      const tail = lines.pop();
+      // A client that resets may cut the last reply short itself; every other reply ends with CRLF.
+      const tail = leave === 'RST' ? '' : lines.pop();
+      if (leave === 'RST') lines.pop();
       const wrong = lines.find((l) => !REPLY_LINE.test(l) || /[\r\n]/.test(l));
       for (const l of lines) codes.set(l.slice(0, 1), (codes.get(l.slice(0, 1)) ?? 0) + 1);
-      if (hung || tail || wrong !== undefined || !lines.length) {
+      if (hung || tail || wrong !== undefined || (!lines.length && !leave)) {
         bad.push(`session ${i} (${kind}, seed ${seeds[i]}): ${hung ? 'no close within the deadline; ' : ''}` +
           `${!lines.length ? 'no reply; ' : ''}${tail ? `unterminated ${JSON.stringify(tail.slice(0, 80))}; ` : ''}` +
           `${wrong !== undefined ? `bad line ${JSON.stringify(wrong.slice(0, 80))}` : ''}`);
@@ -195,6 +209,15 @@ it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
   console.log(`fuzz: ${SESSIONS} sessions in ${secs.toFixed(1)} s (${(SESSIONS / secs).toFixed(0)}/s); ` +
     `kinds ${JSON.stringify(Object.fromEntries(kinds))}; reply lines by class ${JSON.stringify(Object.fromEntries(codes))}`);
   expect(bad.slice(0, 10).join('\n')).toBe('');
+
+  // Every session over, nothing half-received is left in the queue.
+  for (;;) { // (bounded by the test's timeout)
+    const out = m.output();
+    if (out.split(' connect from ').length === out.split(' disconnect from ').length) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  expect(fs.readdirSync(path.join(m.queue, 'tmp'))).toEqual([]);
+  expect(fs.readdirSync(path.join(m.queue, 'active'))).toEqual([]);
 
   // Still up, and still delivering.
   expect(() => process.kill(m.pid, 0)).not.toThrow();
