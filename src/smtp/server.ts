@@ -44,7 +44,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const local = localNames(config);
   const perIp = new Map<string, number>();
 
-  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress}]`;
+  // A client gone before its address was read (a port scanner's RST) has none.
+  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress || 'unknown'}]`;
   const reject = (stage: string, s: SMTPServerSession, err: SmtpError, to?: string): SmtpError => {
     const from = s.envelope.mailFrom ? s.envelope.mailFrom.address : '';
     log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${from}>` +
