@@ -92,25 +92,36 @@ describe('no fake end of data ends a message or smuggles a second one', () => {
 
 describe('a message split into two segments at every byte keeps the same bytes', () => {
   // Every fake end and a dot-stuffed line, so each split lands inside one of them somewhere.
-  const payload = 'Subject: split\r\n\r\nA\n.\nB\r\n.\nC\n.\r\nD\r.\r\nE\r\n..\r\nF\r\n.\rG\r\n..\r\n';
-  const stored = 'Subject: split\n\nA\n.\nB\n.\nC\n.\nD\r.\nE\n.\nF\n.\rG\n.\n';
+  // After each fake end, a command: none of them may run.
+  const payload = 'Subject: split\r\n\r\nA\n.\nRSET\r\n.\nMAIL FROM:<e@v.test>\n.\r\nRCPT TO:<bob>\r.\r\nDATA\r\n..\r\nF\r\n.\rG\r\n..\r\n';
+  const stored = 'Subject: split\n\nA\n.\nRSET\n.\nMAIL FROM:<e@v.test>\n.\nRCPT TO:<bob>\r.\nDATA\n.\nF\n.\rG\n.\n';
   const whole = Buffer.from(`${payload}.\r\n`, 'latin1');
 
   it('stores the message as normalised (bare LF a line end, bare CR kept, ".." unstuffed) however it is split', async () => {
-    const splits = Array.from({ length: whole.length - 1 }, (_, k) => k + 1);
+    // Two segments split at every byte, then 60 sessions cut at 2 to 5 random places.
+    // The random cuts are the same on every run (a fixed LCG), so a failure reproduces.
+    let x = 12345;
+    const rand = (n: number): number => { x = (Math.imul(x, 1103515245) + 12345) >>> 0; return (x >>> 8) % n; };
+    const cuts: number[][] = Array.from({ length: whole.length - 1 }, (_, k) => [k + 1]);
+    for (let i = 0; i < 60; i++) {
+      cuts.push([...new Set(Array.from({ length: 2 + (i % 4) }, () => 1 + rand(whole.length - 1)))].sort((a, b) => a - b));
+    }
+    const total = cuts.length;
     const results: string[][] = [];
     const workers = Array.from({ length: 6 }, async () => {
-      for (let k = splits.shift(); k !== undefined; k = splits.shift()) {
-        results.push(await session([whole.subarray(0, k), whole.subarray(k)], 'alice'));
+      for (let c = cuts.shift(); c !== undefined; c = cuts.shift()) {
+        const pieces = [0, ...c].map((from, i, all) => whole.subarray(from, i + 1 < all.length ? all[i + 1] : whole.length));
+        results.push(await session(pieces, 'alice'));
       }
     });
     await Promise.all(workers);
     for (const r of results) expect(r.map((x) => x.slice(0, 3))).toEqual(['250', '250', '354', '250', '221']);
     const msgs = readMbox(m.mailbox('alice')).filter((x) => x.header('Subject') === 'split');
-    expect(msgs).toHaveLength(whole.length - 1);
+    expect(msgs).toHaveLength(total);
     for (const x of msgs) {
       const t = x.raw.toString('latin1');
       expect(t.slice(t.indexOf('Subject: split'))).toBe(stored);
     }
+    expect(fs.existsSync(m.mailbox('bob'))).toBe(false);
   });
 });
