@@ -12,7 +12,7 @@ import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
-import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
+import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
 import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger } from './trace';
 
 export class SmtpError extends Error {
@@ -45,7 +45,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const local = localNames(config);
   const perIp = new Map<string, number>();
 
-  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress}]`;
+  // A client gone before its address was read (a port scanner's RST) has none.
+  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress || 'unknown'}]`;
   const reject = (stage: string, s: SMTPServerSession, err: SmtpError, to?: string): SmtpError => {
     const from = s.envelope.mailFrom ? s.envelope.mailFrom.address : '';
     log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${from}>` +
@@ -71,6 +72,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     socketTimeout: config.idleTimeout * 1000,
     closeTimeout: Math.max(1, config.shutdownGrace * 1000),
     maxRecipients: config.maxRecipients,
+    maxCommandLength: hardLineCap(config.maxLineLength),
 
     onConnect: guard((session: Session) => {
       const ip = session.remoteAddress;
@@ -115,8 +117,19 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         (session as unknown as Record<string, unknown>)[TRACE_ID] = id;
         trace = new BodyTrace(tag(session.remoteAddress, session.remotePort, id));
       }
-      const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace)
-        .finally(() => { if (trace) (session as unknown as Record<string, unknown>)[TRACE_END] = true; });
+      let got;
+      try {
+        got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace);
+      } catch (err) {
+        // The client left (FIN, RST or idle timeout) before the final dot: nothing was
+        // acknowledged and receiveBody has removed what it kept; there is nobody to answer.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ECONNECTION' && code !== 'ERR_STREAM_PREMATURE_CLOSE') throw err;
+        log.info(`lost connection after DATA (${receivedBytes(stream)} bytes) from ${client(session)}`);
+        throw new SmtpError(421, '4.4.2', 'Connection lost');
+      } finally {
+        if (trace) (session as unknown as Record<string, unknown>)[TRACE_END] = true;
+      }
       if (got.tooBig) {
         throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
       }
@@ -139,7 +152,9 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     },
   });
 
-  (server as SMTPServer & { mtadCommands?: ExtraCommands }).mtadCommands = extraCommands(deps, local);
+  const withExtras = server as SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
+  withExtras.mtadCommands = extraCommands(deps, local);
+  withExtras.mtadLimits = { maxLineLength: config.maxLineLength, maxErrors: config.maxErrors };
   server.on('error', (err: Error & { code?: string }) => {
     // Client resets and half-sent messages arrive here; they are not our errors.
     log.debug(`smtp: ${err.code ?? ''} ${err.message}`);
@@ -169,6 +184,10 @@ function guard<A extends unknown[]>(fn: (...args: A) => unknown): (...args: [...
       },
     );
   };
+}
+
+function receivedBytes(stream: Readable): number {
+  return (stream as Readable & { byteLength?: number }).byteLength ?? 0;
 }
 
 function qualify(address: string, config: Config): string {
