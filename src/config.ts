@@ -23,6 +23,8 @@ export interface Config {
   maxRecipients: number;
   maxClients: number;
   maxClientsPerIp: number;
+  maxLineLength: number;
+  maxErrors: number;
   vrfy: boolean;
   expn: boolean;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
@@ -50,6 +52,7 @@ const KEYS = [
   'MTAD_MAX_RECIPIENTS', 'MTAD_MAX_CLIENTS', 'MTAD_MAX_CLIENTS_PER_IP', 'MTAD_VRFY', 'MTAD_EXPN',
   'MTAD_LOG_LEVEL', 'MTAD_RUN_AS', 'MTAD_IDLE_TIMEOUT', 'MTAD_LOCK_TIMEOUT', 'MTAD_RETRY_MIN_DELAY',
   'MTAD_RETRY_MAX_DELAY', 'MTAD_SHUTDOWN_GRACE', 'MTAD_REVERSE_DNS', 'MTAD_TRACE',
+  'MTAD_MAX_LINE_LENGTH', 'MTAD_MAX_ERRORS',
 ] as const;
 
 const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -142,6 +145,8 @@ function parseRaw(raw: Raw): Config {
     maxRecipients: num(get, 'MTAD_MAX_RECIPIENTS', 100, 1, 100000, true),
     maxClients: num(get, 'MTAD_MAX_CLIENTS', 100, 0, 1000000, true),
     maxClientsPerIp: num(get, 'MTAD_MAX_CLIENTS_PER_IP', 0, 0, 1000000, true),
+    maxLineLength: num(get, 'MTAD_MAX_LINE_LENGTH', 2048, 512, 1048576, true),
+    maxErrors: num(get, 'MTAD_MAX_ERRORS', 20, 1, 1000, true),
     vrfy: bool(get, 'MTAD_VRFY', false),
     expn: bool(get, 'MTAD_EXPN', false),
     logLevel: logLevel as Config['logLevel'],

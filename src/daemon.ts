@@ -6,14 +6,15 @@ import type { AddressInfo } from 'node:net';
 import * as osLock from 'os-lock';
 import type { SMTPServer } from 'smtp-server';
 import { AccountDirectory } from './accounts/directory';
-import { Config, describeErrno } from './config';
+import path from 'node:path';
+import { Config, describeErrno, ROOT } from './config';
 import { DeliveryAgent } from './delivery/agent';
 import { Deliverer } from './delivery/deliverer';
 import { sweepStaleLockDirs } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
-import { chooseRunAs, dropPrivileges, StartupError } from './system/privileges';
+import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
 
 export { StartupError };
@@ -27,6 +28,7 @@ export interface Daemon {
 export async function startDaemon(config: Config): Promise<Daemon> {
   setLogLevel(config.logLevel);
   const runAs = chooseRunAs(config.runAs, config.spoolDir);
+  const adopted = runAs && !config.runAs && adoptCheckoutSpool(config.spoolDir, path.join(ROOT, 'spool'), runAs);
   const queue = new Queue(config.queueDir);
   const accounts = new AccountDirectory(config.usersFile, config.aliasesFile);
   const directory = () => accounts.current();
@@ -62,9 +64,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
 
   const who = process.getuid ? `${userLabel(runAs)} (uid ${process.getuid()})` : 'this user';
   const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  if (adopted) log.info(`gave the spool ${config.spoolDir} to ${userLabel(runAs)}, the user mtad runs as`);
   log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
     `spool ${config.spoolDir}, running as ${who}`);
-  agent.recover();
+  await agent.recover();
 
   let closing: Promise<void> | null = null;
   return {
@@ -108,7 +111,8 @@ function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
   const where = `port ${config.port} on ${config.host}`;
   switch (err.code) {
     case 'EADDRINUSE':
-      return new StartupError(`mtad: ${where} is already in use (another mail server, such as Postfix or Exim?): stop it, or set MTAD_PORT=2525`, 69);
+      // Suggesting the very port that is taken would send the newcomer round in a circle.
+      return new StartupError(`mtad: ${where} is already in use (another mail server, such as Postfix or Exim?): stop it, or set MTAD_PORT=${config.port === 2525 ? 2526 : 2525}`, 69);
     case 'EACCES':
     case 'EPERM':
       return new StartupError(`mtad: ${where} needs root: run sudo node bin/mtad, or set MTAD_PORT=2525`, 77);
@@ -122,6 +126,11 @@ function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
 function checkAccess(config: Config, runAs: SystemUser | null): void {
   const who = runAs ? `user ${userLabel(runAs)} (uid ${runAs.uid})` : 'this user';
   const fix = runAs ? `chown ${runAs.name || runAs.uid} ${config.spoolDir}, or set MTAD_RUN_AS to a user who can` : 'run mtad as the owner, or choose another MTAD_SPOOL_DIR';
+  const closed = closedAncestor(config.spoolDir);
+  if (closed) {
+    throw new StartupError(`mtad: ${who} cannot reach the spool ${config.spoolDir}: ${closed} is closed to it ` +
+      '(put mtad where other users can enter, e.g. /opt/mtad, or set MTAD_SPOOL_DIR=/var/spool/mail)', 77);
+  }
   try {
     if (!fs.statSync(config.spoolDir).isDirectory()) throw Object.assign(new Error(), { code: 'ENOTDIR' });
   } catch (err) {
@@ -145,7 +154,17 @@ async function lockPidFile(queueDir: string): Promise<number> {
   const file = `${queueDir}/mtad.pid`;
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   try {
-    await osLock.lock(fd, { exclusive: true, immediate: true });
+    // mta-queue tests for a running mtad with a shared lock held for an instant: outwait it.
+    const deadline = Date.now() + 500;
+    for (;;) {
+      try {
+        await osLock.lock(fd, { exclusive: true, immediate: true });
+        break;
+      } catch (err) {
+        if (Date.now() >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
   } catch {
     const other = fs.readFileSync(file, 'utf8').trim();
     fs.closeSync(fd);

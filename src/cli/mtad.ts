@@ -1,22 +1,44 @@
 // mtad: the daemon. `sudo node bin/mtad` for port 25; MTAD_PORT=2525 without sudo.
+import { checkInstallation } from '../check';
 import { loadConfig } from '../config';
 import { startDaemon } from '../daemon';
 import { log } from '../log';
 import { CliError, EX, runMain, VERSION } from './common';
 
-const USAGE = `usage: mtad [--help] [--version]
+const USAGE = `usage: mtad [--trace] [--check] [--help] [--version]
 
 Runs the mail server: SMTP on MTAD_HOST:MTAD_PORT, delivery into MTAD_SPOOL_DIR.
 Settings come from etc/mtad.env (or the file MTAD_CONFIG names), and the
-environment overrides them. Stop it with Ctrl-C or SIGTERM.`;
+environment overrides them. Stop it with Ctrl-C or SIGTERM.
+  --trace    print every session's dialogue (C: and S: lines), as MTAD_TRACE=yes does
+  --check    check the configuration, the users and aliases files and the spool and
+             queue permissions, show what mtad would listen on and accept, and exit
+             (0 when all is well, otherwise the exit code mtad would stop with)
+  --help     show this help
+  --version  show the version`;
 
 runMain('mtad', async (argv) => {
+  let trace = false;
+  let check = false;
   for (const a of argv) {
     if (a === '--help' || a === '-h') { process.stdout.write(`${USAGE}\n`); return EX.OK; }
     if (a === '--version' || a === '-V') { process.stdout.write(`mtad ${VERSION}\n`); return EX.OK; }
-    throw new CliError(`unknown argument "${a}"\n${USAGE}`, EX.USAGE);
+    if (a === '--trace') trace = true;
+    else if (a === '--check') check = true;
+    else throw new CliError(`unknown argument "${a}"\n${USAGE}`, EX.USAGE);
   }
   const config = loadConfig();
+  if (trace) config.trace = true;
+  if (check) {
+    const report = await checkInstallation(config);
+    for (const l of report.lines) process.stdout.write(`${l}\n`);
+    for (const p of report.problems) process.stdout.write(`problem: ${p.text}\n`);
+    if (!report.problems.length) { process.stdout.write('ok: mtad would start with this configuration\n'); return EX.OK; }
+    // Problems in the account files (65) leave mtad running without those lines; the others stop it.
+    const fatal = report.problems.find((p) => p.exitCode !== EX.DATAERR);
+    process.stdout.write(`${report.problems.length} problem(s): mtad ${fatal ? 'would not start' : 'would start, ignoring those lines'}\n`);
+    return (fatal ?? report.problems[0]).exitCode;
+  }
   const daemon = await startDaemon(config);
   let signals = 0;
   const stop = (sig: string): void => {

@@ -17,8 +17,8 @@ async function nextPipedLine(): Promise<string | null> {
 
 export async function ask(question: string, hidden = false): Promise<string | null> {
   if (!process.stdin.isTTY) return nextPipedLine();
-  process.stderr.write(question);
   if (!hidden) {
+    process.stderr.write(question);
     const rl = readline.createInterface({ input: process.stdin, terminal: false });
     const line = await new Promise<string | null>((resolve) => {
       rl.once('line', resolve);
@@ -30,7 +30,9 @@ export async function ask(question: string, hidden = false): Promise<string | nu
   return new Promise((resolve) => {
     const stdin = process.stdin;
     let value = '';
+    // Echo goes off before the prompt shows: whatever is typed (or pasted) after it is never displayed.
     stdin.setRawMode(true);
+    process.stderr.write(question);
     stdin.resume();
     const done = (v: string | null): void => {
       stdin.setRawMode(false);

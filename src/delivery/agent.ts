@@ -3,9 +3,11 @@
 // mailboxes (each append fsync'd); only if some mailbox cannot be written now is
 // it committed to the queue and retried with backoff. Either way the client hears
 // 250 only after the message is on stable storage.
+import fs from 'node:fs';
 import type { Config } from '../config';
 import { log } from '../log';
 import { Directory, POSTMASTER } from '../policy';
+import { controlDir, FLUSH, lockFile, MessageLocks, takeRequests } from '../queue/control';
 import { Queue, QueuedMessage, QueueState, Recipient } from '../queue/queue';
 import type { Deliverer } from './deliverer';
 
@@ -20,13 +22,21 @@ export class DeliveryAgent {
   private timers = new Map<string, NodeJS.Timeout>();
   private running = new Set<Promise<unknown>>();
   private closing = false;
+  /** Messages being retried right now: one retry per message at a time (the fcntl lock cannot tell us apart). */
+  private busy = new Set<string>();
+  private readonly locks: MessageLocks;
+  private watcher: fs.FSWatcher | null = null;
+  private control: Promise<void> | null = null;
+  private controlAgain = false;
 
   constructor(
     private readonly config: Config,
     private readonly queue: Queue,
     private readonly deliverer: Deliverer,
     private readonly directory: () => Promise<Directory>,
-  ) {}
+  ) {
+    this.locks = new MessageLocks(lockFile(queue.dir));
+  }
 
   /**
    * Delivers a just-received message, or queues it. Resolves once it is durable;
@@ -61,20 +71,80 @@ export class DeliveryAgent {
     this.schedule(id, this.backoff(1));
   }
 
-  /** Delivers the message on start-up queue files, after a crash or a restart. */
-  recover(): void {
+  /**
+   * Delivers the message on start-up queue files, after a crash or a restart,
+   * then follows mta-queue's requests. Requests left from before the start are
+   * covered by this pass (every message is looked at again), so they are dropped.
+   */
+  async recover(): Promise<void> {
+    await takeRequests(this.queue.dir);
     const ids = this.queue.listActive();
     if (ids.length) log.info(`queue: ${ids.length} message(s) to deliver`);
     ids.forEach((id) => this.schedule(id, 0));
+    try {
+      this.watcher = fs.watch(controlDir(this.queue.dir), () => this.followRequests());
+      this.watcher.on('error', (err) => log.warn(`queue: cannot watch ${controlDir(this.queue.dir)} for mta-queue: ${err.message}`));
+    } catch (err) {
+      log.warn(`queue: cannot watch ${controlDir(this.queue.dir)} for mta-queue: ${(err as Error).message}`);
+    }
   }
 
   /** Stops retrying and waits for deliveries in progress. */
   async close(): Promise<void> {
     this.closing = true;
+    this.watcher?.close();
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
     while (this.running.size) await Promise.allSettled([...this.running]);
     await this.deliverer.idle();
+    await this.locks.close();
+  }
+
+  /** Reads and carries out mta-queue's requests; one pass at a time, another if more came meanwhile. */
+  private followRequests(): void {
+    if (this.closing) return;
+    if (this.control) { this.controlAgain = true; return; }
+    this.control = this.track((async () => {
+      do {
+        this.controlAgain = false;
+        for (const r of await takeRequests(this.queue.dir)) {
+          if (r.name === FLUSH) await this.flush();
+          else await this.reconsider(r.name, r.action);
+        }
+      } while (this.controlAgain && !this.closing);
+    })().catch((err) => { log.warn(`queue: cannot follow mta-queue's request: ${(err as Error).message}`); })
+      .finally(() => { this.control = null; }));
+  }
+
+  private async flush(): Promise<void> {
+    const ids = this.queue.listActive().filter((id) => !this.busy.has(id));
+    log.info(`queue: flush requested: retrying ${ids.length} message(s) now (held ones stay held)`);
+    for (const id of ids) this.schedule(id, 0);
+  }
+
+  /** Looks at one message again after mta-queue held, released or deleted it. */
+  private async reconsider(id: string, action: string): Promise<void> {
+    // A retry in progress took the message's lock after mta-queue let go of it: it sees the change.
+    if (this.busy.has(id)) return;
+    let state;
+    try {
+      state = (await this.queue.load(id)).state;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      clearTimeout(this.timers.get(id));
+      this.timers.delete(id);
+      if (action === 'delete') log.info(`${id}: removed (deleted with mta-queue)`);
+      return;
+    }
+    if (state.held) {
+      clearTimeout(this.timers.get(id));
+      this.timers.delete(id);
+      if (action === 'hold') log.info(`${id}: placed on hold (mta-queue)`);
+      return;
+    }
+    const when = state.nextAttempt ? Math.max(0, Date.parse(state.nextAttempt) - Date.now()) : 0;
+    if (action === 'release') log.info(`${id}: released from hold (mta-queue)`);
+    this.schedule(id, when);
   }
 
   /** Tries every mailbox not yet done; returns the mailboxes done and the first reason for a deferral. */
@@ -109,11 +179,34 @@ export class DeliveryAgent {
   }
 
   private async retry(id: string): Promise<void> {
-    if (this.closing) return;
+    if (this.closing || this.busy.has(id)) return;
+    this.busy.add(id);
+    let locked = false;
+    try {
+      // mta-queue holds a message's lock for milliseconds; if it is still busy, come back soon.
+      locked = await this.locks.lock(id, Date.now() + 1000);
+      if (!locked) {
+        this.schedule(id, 1000);
+        return;
+      }
+      await this.retryLocked(id);
+    } catch (err) {
+      log.warn(`${id}: retry failed: ${(err as Error).message}; trying again later`);
+      this.schedule(id, this.backoff(1));
+    } finally {
+      // Cleared before the lock goes, so a request mta-queue sends after taking the lock finds us not busy.
+      this.busy.delete(id);
+      if (locked) await this.locks.unlock(id).catch(() => undefined);
+    }
+  }
+
+  private async retryLocked(id: string): Promise<void> {
     let loaded;
     try {
       loaded = await this.queue.load(id);
     } catch (err) {
+      // Deleted with mta-queue while this retry was waiting for the lock.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       log.warn(`${id}: cannot read the queue file: ${(err as Error).message}`);
       return;
     }

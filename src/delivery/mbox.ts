@@ -29,9 +29,13 @@ export function rfc5322Date(d: Date): string {
     `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())} ${sign}${two(Math.floor(a / 60))}${two(a % 60)}`;
 }
 
-/** The envelope sender as it appears in the From_ line: no white space, MAILER-DAEMON for <>. */
+/**
+ * The envelope sender as it appears in the From_ line: printable ASCII only (Python's
+ * mailbox decodes that line as ASCII and fails on anything else; white space would
+ * split it), MAILER-DAEMON for <>. The Return-Path: line keeps the address as given.
+ */
 export function fromLineSender(sender: string): string {
-  return sender ? sender.replace(/[\s\x00-\x1f\x7f]/g, '_') : 'MAILER-DAEMON';
+  return sender ? sender.replace(/[^\x21-\x7e]/g, '_') : 'MAILER-DAEMON';
 }
 
 /** What goes before the message in one mailbox: From_ line, Return-Path, Delivered-To. */

@@ -54,7 +54,7 @@ export class Queue {
 
   /** Creates the directories (mode 0700) and removes what a crash left in tmp/. */
   initSync(): void {
-    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir]) {
+    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir, path.join(this.dir, 'control')]) {
       fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     }
     for (const f of fs.readdirSync(this.tmpDir)) fs.rmSync(path.join(this.tmpDir, f), { force: true });
@@ -112,10 +112,12 @@ export class Queue {
     return { ...body, path: this.activePath(id) };
   }
 
-  async saveState(id: string, state: QueueState, syncDir = true): Promise<void> {
+  /** `owner`: whom the file must belong to when root (mta-queue) writes it for the daemon's user. */
+  async saveState(id: string, state: QueueState, syncDir = true, owner?: { uid: number; gid: number }): Promise<void> {
     const tmp = path.join(this.tmpDir, `${id}.state`);
     const fh = await fs.promises.open(tmp, 'w', 0o600);
     try {
+      if (owner) await fh.chown(owner.uid, owner.gid);
       await fh.writeFile(JSON.stringify(state));
       await fh.sync();
     } finally {

@@ -24,6 +24,8 @@ export async function receiveBody(
   envelope: Envelope,
   receivedHeader: string,
   maxSize: number,
+  /** Sees the body as it arrives (the teaching trace). */
+  tap?: { push(chunk: Buffer): void; end(): void },
 ): Promise<Received> {
   const enc = new MboxEncoder();
   let chunks: Buffer[] = [...enc.push(Buffer.from(receivedHeader, 'latin1'))];
@@ -44,6 +46,7 @@ export async function receiveBody(
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       size += chunk.length;
+      tap?.push(chunk);
       if (tooBig || size > maxSize || stream.sizeExceeded) { tooBig = true; continue; }
       if (failed) continue;
       const out = enc.push(chunk);
@@ -67,6 +70,7 @@ export async function receiveBody(
         await dropSpill();
       }
     }
+    tap?.end();
     if (tooBig || stream.sizeExceeded) {
       tooBig = true;
       return { body: { kind: 'memory', chunks: [], length: 0 }, size, tooBig };

@@ -7,7 +7,11 @@
 //  - the 100 ms pause before the greeting: Postfix's smtpd greets at once, and the
 //    pause alone caps one-message sessions at 10 per second;
 //  - enhanced status codes: our replies carry their own, the library must not add a second;
-//  - HELP, VRFY, EXPN: the library has no hooks for them.
+//  - HELP, VRFY, EXPN: the library has no hooks for them;
+//  - limits: a command line over MTAD_MAX_LINE_LENGTH gets 500 and the session goes
+//    on (the library closes with 421), errors are counted like Postfix's
+//    smtpd_hard_error_limit (the library stops at 10 unrecognised commands, fixed),
+//    and the idle timeout says who is closing, as Postfix does.
 import { SMTPServer } from 'smtp-server';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
@@ -19,7 +23,34 @@ export interface Connection {
   session: { id: string; [key: string]: unknown };
   remoteAddress: string;
   send(code: number, data: string | string[], context?: string | false): void;
-  _server: SMTPServer & { mtadCommands?: ExtraCommands };
+  _server: SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
+}
+
+/** Limits the library does not make configurable, set per server. */
+export interface Limits {
+  /** Longest command line answered normally; longer ones get 500 5.5.2 and are discarded. */
+  maxLineLength: number;
+  /** 5xx replies in one session before 421 and close. */
+  maxErrors: number;
+}
+
+/**
+ * The library's own cap on a command line (maxCommandLength): past it the line is
+ * not even buffered, the client gets 421 and is dropped. Ours (Limits.maxLineLength)
+ * is below it, so a long line is answered 500 and the session goes on.
+ */
+export function hardLineCap(maxLineLength: number): number {
+  return Math.max(64 * 1024, 2 * maxLineLength);
+}
+
+interface ConnectionState {
+  name: string;
+  _closing?: boolean;
+  _closed?: boolean;
+  _unrecognizedCommands: number;
+  _whenWritable(next: () => void): void;
+  mtadErrors?: number;
+  mtadTimingOut?: boolean;
 }
 
 type Handler = (this: Connection, command: Buffer | string, callback: () => void) => void;
@@ -28,6 +59,8 @@ interface ConnectionClass {
   prototype: Record<string, unknown> & {
     init: () => void;
     connectionReady: () => void;
+    _onCommand: (command: Buffer, callback?: () => void) => void;
+    _onTimeout: () => void;
     send: Connection['send'];
     _setListeners: (cb: () => void) => void;
     _parseAddressCommand: (name: string, command: Buffer | string) => ParsedAddress | false;
@@ -70,7 +103,8 @@ export function installInternals(): void {
     throw new Error(`smtp-server ${version} is installed, but src/smtp/internals.ts is written for ${PINNED_VERSION}`);
   }
   const proto = SMTPConnection.prototype;
-  for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP']) {
+  for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP',
+    '_onCommand', '_onTimeout', '_whenWritable']) {
     if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
   }
 
@@ -87,10 +121,44 @@ export function installInternals(): void {
   };
 
   const send = proto.send;
-  proto.send = function (this: Connection, code, data, context) {
+  proto.send = function (this: Connection & ConnectionState, code, data, context) {
+    if (code === 421 && this.mtadTimingOut) {
+      data = `4.4.2 ${this.name} Error: timeout exceeded`;
+      context = false;
+    }
     const first = Array.isArray(data) ? data[0] : data;
     if (typeof first === 'string' && ENHANCED_PREFIX.test(first)) context = false;
-    return send.call(this, code, data, context);
+    send.call(this, code, data, context);
+    // Our error count replaces the library's fixed one (10 unrecognised commands).
+    this._unrecognizedCommands = 0;
+    const limits = this._server.mtadLimits;
+    if (code >= 500 && limits && !this._closing && !this._closed) {
+      this.mtadErrors = (this.mtadErrors ?? 0) + 1;
+      if (this.mtadErrors >= limits.maxErrors) send.call(this, 421, `4.7.0 ${this.name} Error: too many errors`, false);
+    }
+  };
+
+  // Postfix answers an over-long command line with 500 and reads on; the library
+  // would close the session. The line is whole here, so nothing of it runs.
+  const onCommand = proto._onCommand;
+  proto._onCommand = function (this: Connection & ConnectionState, command, callback) {
+    const limits = this._server.mtadLimits;
+    if (limits && command && command.length > limits.maxLineLength) {
+      this.send(500, '5.5.2 Error: line too long');
+      setImmediate(() => this._whenWritable(callback ?? (() => undefined)));
+      return;
+    }
+    onCommand.call(this, command, callback);
+  };
+
+  const onTimeout = proto._onTimeout;
+  proto._onTimeout = function (this: ConnectionState) {
+    this.mtadTimingOut = true;
+    try {
+      onTimeout.call(this);
+    } finally {
+      this.mtadTimingOut = false;
+    }
   };
 
   const parse = proto._parseAddressCommand;

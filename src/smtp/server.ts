@@ -12,7 +12,8 @@ import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
-import { Connection, ExtraCommands, installInternals, ParsedAddress, Reply } from './internals';
+import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
+import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger } from './trace';
 
 export class SmtpError extends Error {
   readonly responseCode: number;
@@ -46,7 +47,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const local = localNames(config);
   const perIp = new Map<string, number>();
 
-  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress}]`;
+  // A client gone before its address was read (a port scanner's RST) has none.
+  const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress || 'unknown'}]`;
   const reject = (stage: string, s: SMTPServerSession, err: SmtpError, to?: string): SmtpError => {
     const from = s.envelope.mailFrom ? s.envelope.mailFrom.address : '';
     log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${from}>` +
@@ -54,11 +56,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     return err;
   };
 
-  const server = new SMTPServer({
+  const server: SMTPServer = new SMTPServer({
     name: config.hostname,
     banner: 'mtad',
     heloResponse: '%s',
-    logger: false,
+    // The teaching trace reads the dialogue from the library's debug log; off, there is no logger at all.
+    logger: config.trace ? traceLogger(() => server) : false,
     disabledCommands: ['AUTH', 'STARTTLS'],
     hideSTARTTLS: true,
     authOptional: true,
@@ -71,6 +74,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     socketTimeout: config.idleTimeout * 1000,
     closeTimeout: Math.max(1, config.shutdownGrace * 1000),
     maxRecipients: config.maxRecipients,
+    maxCommandLength: hardLineCap(config.maxLineLength),
 
     onConnect: guard((session: Session) => {
       const ip = session.remoteAddress;
@@ -127,15 +131,29 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       recipient: rcpts.length === 1 ? qualify(rcpts[0].address, config) : undefined,
       date: now,
     });
-    const got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ECONNECTION' || err.code === 'ERR_STREAM_PREMATURE_CLOSE') {
-        log.info(`${id}: lost connection with ${client(session)} while receiving the message; nothing kept`);
-        throw new SmtpError(421, '4.4.2', 'Connection closed before the message was received in full');
+    let trace: BodyTrace | undefined;
+    if (config.trace) {
+      (session as unknown as Record<string, unknown>)[TRACE_ID] = id;
+      trace = new BodyTrace(tag(session.remoteAddress, session.remotePort, id));
+    }
+    let got;
+    try {
+      got = await receiveBody(stream, deps.queue, envelope, header, config.maxMessageSize, trace);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ECONNECTION' || code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        // The client left (FIN, RST or idle timeout) before the final dot: nothing was
+        // acknowledged and receiveBody has removed what it kept; there is nobody to answer.
+        log.info(`lost connection after DATA (${receivedBytes(stream)} bytes) from ${client(session)}`);
+        throw new SmtpError(421, '4.4.2', 'Connection lost');
       }
-      log.warn(`${id}: cannot write the message to the queue: ${err.code ?? err.message}`);
-      if (err.code === 'ENOSPC' || err.code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
+      // Writing the message to the queue failed (receiveBody read on to the final dot).
+      log.warn(`${id}: cannot write the message to the queue: ${code ?? (err as Error).message}`);
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
       throw new SmtpError(451, '4.3.0', 'Local error in processing, try again later');
-    });
+    } finally {
+      if (trace) (session as unknown as Record<string, unknown>)[TRACE_END] = true;
+    }
     if (got.tooBig) {
       throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
     }
@@ -149,7 +167,9 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     return `2.0.0 Ok: queued as ${id}`;
   }
 
-  (server as SMTPServer & { mtadCommands?: ExtraCommands }).mtadCommands = extraCommands(deps, local);
+  const withExtras = server as SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
+  withExtras.mtadCommands = extraCommands(deps, local);
+  withExtras.mtadLimits = { maxLineLength: config.maxLineLength, maxErrors: config.maxErrors };
   server.on('error', (err: Error & { code?: string }) => {
     // Client resets and half-sent messages arrive here; they are not our errors.
     log.debug(`smtp: ${err.code ?? ''} ${err.message}`);
@@ -179,6 +199,10 @@ function guard<A extends unknown[]>(fn: (...args: A) => unknown): (...args: [...
       },
     );
   };
+}
+
+function receivedBytes(stream: Readable): number {
+  return (stream as Readable & { byteLength?: number }).byteLength ?? 0;
 }
 
 function qualify(address: string, config: Config): string {

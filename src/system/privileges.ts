@@ -39,6 +39,34 @@ export function chooseRunAs(runAs: string, spoolDir: string): SystemUser | null 
   return mail;
 }
 
+/**
+ * The checkout's own spool, cloned by root, belongs to root, and the user mtad
+ * becomes could not write it. That directory exists only for mtad: give it to
+ * that user, so `sudo node bin/mtad` works from a root shell as it does from a
+ * user's. Any other spool (e.g. /var/spool/mail) is left to the admin.
+ */
+export function adoptCheckoutSpool(spoolDir: string, defaultSpool: string, u: SystemUser): boolean {
+  if (spoolDir !== defaultSpool) return false;
+  const st = fs.statSync(spoolDir);
+  if (st.uid !== 0) return false;
+  fs.chownSync(spoolDir, u.uid, u.gid);
+  return true;
+}
+
+/** The first directory on the way to `dir` that the current user may not enter, or null. */
+export function closedAncestor(dir: string): string | null {
+  const parts = dir.split('/').filter(Boolean);
+  for (let i = 0; i < parts.length; i++) {
+    const p = `/${parts.slice(0, i).join('/')}`;
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+    } catch {
+      return p;
+    }
+  }
+  return null;
+}
+
 export function dropPrivileges(u: SystemUser): void {
   const proc = process as NodeJS.Process & { initgroups?: (user: string, gid: number) => void };
   if (u.name && proc.initgroups) proc.initgroups(u.name, u.gid);

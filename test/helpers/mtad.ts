@@ -16,6 +16,8 @@ export interface MtadOptions {
   env?: Record<string, string>;
   /** Reuse an existing temp dir (spool, queue and account files), e.g. to restart on the same spool. */
   dir?: string;
+  /** A command that runs mtad, e.g. setpriv with its options, before `node bin/mtad`. */
+  wrapper?: string[];
 }
 
 export interface Mtad {
@@ -81,7 +83,8 @@ export function instanceEnv(dir: string, extra: Record<string, string> = {}): No
 export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
   const dir = opts.dir ?? makeInstance(opts);
   const env = instanceEnv(dir, opts.env);
-  const proc = spawn(process.execPath, [path.join(ROOT, 'bin', 'mtad')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...(opts.wrapper ?? []), process.execPath, path.join(ROOT, 'bin', 'mtad')];
+  const proc = spawn(argv[0], argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (b: Buffer): void => { out += b.toString(); listeners.forEach((l) => l()); };

@@ -1,0 +1,239 @@
+// A bounded, seeded fuzzer: random and mutated SMTP sessions (valid sessions with
+// bytes flipped, inserted, deleted; long lines; binary; pipelined bursts; clients
+// that leave at a random byte with FIN or RST) sent at a real mtad from many
+// connections at once. mtad must stay up, answer only with well-formed SMTP replies,
+// leave nothing half-received in its queue, write nothing outside its spool, and
+// still deliver a valid session afterwards.
+//   MTAD_FUZZ_SESSIONS   sessions to run (default 20000)
+//   MTAD_FUZZ_SEED       the seed (default: random; printed, so a failure can be replayed)
+//   MTAD_FUZZ_PARALLEL   connections at a time (default 40)
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { readMbox } from '../helpers/mbox';
+import { isRoot, makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { SmtpClient } from '../helpers/smtp';
+
+const SESSIONS = Number(process.env.MTAD_FUZZ_SESSIONS ?? 20000);
+const SEED = Number(process.env.MTAD_FUZZ_SEED ?? crypto.randomInt(2 ** 31));
+const PARALLEL = Number(process.env.MTAD_FUZZ_PARALLEL ?? 40);
+// A session that has not ended this long after its final QUIT is a hang (mtad answers in milliseconds).
+const SESSION_DEADLINE_MS = 15000;
+
+/** mulberry32: small, fast, and the same sequence for the same seed everywhere. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+type Rand = ReturnType<typeof prng>;
+const int = (r: Rand, n: number): number => Math.floor(r() * n);
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
+
+const ADDRS = [
+  '<alice>', '<alice@lab.test>', 'bob', '<bob@[127.0.0.1]>', '<x@remote.test>', '<alice%remote.test@lab.test>',
+  '<@a.test,@b.test:alice@lab.test>', '<"a b"@lab.test>', '<>', '<postmaster>', `<${'a'.repeat(300)}@lab.test>`,
+  '<alice> SIZE=99999999999', '<alice> BODY=8BITMIME', '<a@b.test> SMTPUTF8', '<älice@lab.test>', '<alice@lab.test',
+  'alice@lab.test>', '<root@localhost>', '<remote.test!alice>', '<alice@[10.0.0.1]>', ':', '<<alice>>',
+];
+const VERBS = [
+  'HELO x.test', 'EHLO x.test', 'EHLO', 'HELO', 'RSET', 'NOOP', 'NOOP hello', 'VRFY alice', 'EXPN alice', 'HELP', 'HELP DATA',
+  'STARTTLS', 'AUTH PLAIN AGxhAHg=', 'BDAT 10 LAST', 'ETRN lab.test', 'TURN', 'GET / HTTP/1.0', 'DATA', 'DATA x', '.', '',
+  'MAIL FROM:', 'RCPT TO:', 'MAIL', 'RCPT', 'QUIT',
+];
+const SPECIAL = [0x00, 0x0a, 0x0d, 0x2e, 0xff, 0x20, 0x3c, 0x3e, 0x3a, 0x7f, 0x80, 0x09, 0x40];
+const SNIPPETS = ['\r\n.\r\n', '\n.\n', '\r.\r\n', 'DATA\r\n', 'MAIL FROM:<e@v.test>\r\n', 'From evil\r\n', '..\r\n', '\r\n'];
+
+function validSession(r: Rand): string {
+  const rcpts = Array.from({ length: 1 + int(r, 3) }, () => pick(r, ['<alice>', '<bob@lab.test>', 'alice', '<postmaster>']));
+  const body = Array.from({ length: int(r, 8) }, () => pick(r, ['hello', '.leading dot', 'From here', '', '>From x', 'ütf8 bytes', 'x'.repeat(int(r, 1200))]));
+  return `${pick(r, ['EHLO', 'HELO'])} fuzz.test\r\nMAIL FROM:<fuzz@fuzz.test>\r\n${rcpts.map((a) => `RCPT TO:${a}\r\n`).join('')}` +
+    `DATA\r\nSubject: fuzz\r\n\r\n${body.map((l) => (l.startsWith('.') ? `.${l}` : l)).join('\r\n')}\r\n.\r\n`;
+}
+
+function mutate(r: Rand, b: Buffer): Buffer {
+  let out = b;
+  for (let n = 1 + int(r, 4); n > 0; n--) {
+    const at = int(r, out.length + 1);
+    switch (int(r, 6)) {
+      case 0: if (at < out.length) { out = Buffer.from(out); out[at] ^= 1 << int(r, 8); } break;
+      case 1: out = Buffer.concat([out.subarray(0, at), Buffer.from([pick(r, SPECIAL)]), out.subarray(at)]); break;
+      case 2: out = Buffer.concat([out.subarray(0, at), out.subarray(Math.min(out.length, at + 1 + int(r, 16)))]); break;
+      case 3: out = Buffer.concat([out.subarray(0, at), out.subarray(at, at + int(r, 64)), out.subarray(at)]); break;
+      case 4: out = Buffer.concat([out.subarray(0, at), Buffer.from(pick(r, SNIPPETS), 'latin1'), out.subarray(at)]); break;
+      default: out = Buffer.concat([out.subarray(0, at), Buffer.from(Array.from({ length: 1 + int(r, 8) }, () => int(r, 256))), out.subarray(at)]);
+    }
+  }
+  return out;
+}
+
+/**
+ * One session's bytes, by kind, and how the client leaves: most end with an end of
+ * data and QUIT, so mtad closes them; a 'vanish' session stops at a random byte and
+ * leaves with a FIN or a RST.
+ */
+function session(r: Rand): { kind: string; bytes: Buffer; leave?: 'FIN' | 'RST' } {
+  const k = r();
+  if (k >= 0.95) {
+    const whole = mutate(r, Buffer.from(validSession(r), 'latin1'));
+    return { kind: 'vanish', bytes: whole.subarray(0, int(r, whole.length + 1)), leave: r() < 0.5 ? 'FIN' : 'RST' };
+  }
+  let kind: string;
+  let bytes: Buffer;
+  if (k < 0.1) {
+    kind = 'valid';
+    bytes = Buffer.from(validSession(r), 'latin1');
+  } else if (k < 0.5) {
+    kind = 'mutated';
+    bytes = mutate(r, Buffer.from(validSession(r), 'latin1'));
+  } else if (k < 0.8) {
+    kind = 'burst';
+    const cmds = Array.from({ length: 1 + int(r, 30) }, () => {
+      const v = pick(r, VERBS);
+      return v.endsWith(':') ? `${v}${pick(r, ADDRS)}` : v;
+    }).filter((c) => c !== 'QUIT' || r() < 0.2);
+    bytes = Buffer.from(cmds.map((c) => `${c}${r() < 0.1 ? '\n' : '\r\n'}`).join(''), 'latin1');
+  } else if (k < 0.9) {
+    kind = 'long line';
+    bytes = Buffer.from(`EHLO x.test\r\n${pick(r, ['NOOP ', 'MAIL FROM:<', 'RCPT TO:<', 'HELO '])}${'A'.repeat(1000 + int(r, 80000))}\r\nNOOP\r\n`, 'latin1');
+  } else {
+    // (k >= 0.95: 'vanish' sessions, above)
+    kind = 'binary';
+    bytes = Buffer.from(Array.from({ length: 1 + int(r, 2000) }, () => int(r, 256)));
+  }
+  return { kind, bytes: Buffer.concat([bytes, Buffer.from('\r\n.\r\nQUIT\r\n')]) };
+}
+
+const REPLY_LINE = /^[2-5]\d\d[ -]/;
+
+interface Outcome { text: string; hung: boolean }
+
+/** Sends the bytes in 1 to 3 segments, then reads until mtad closes the connection (or leaves first). */
+function run(port: number, r: Rand, bytes: Buffer, leave?: 'FIN' | 'RST'): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let hung = false;
+    const timer = setTimeout(() => { hung = true; sock.resetAndDestroy(); }, SESSION_DEADLINE_MS);
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('error', () => undefined); // a reset by mtad (after 421) is an allowed end
+    sock.on('close', () => { clearTimeout(timer); resolve({ text: Buffer.concat(chunks).toString('latin1'), hung }); });
+    sock.on('connect', () => {
+      const cuts = Array.from({ length: int(r, 3) }, () => int(r, bytes.length)).sort((a, b) => a - b);
+      let from = 0;
+      for (const c of [...cuts, bytes.length]) { if (c > from) sock.write(bytes.subarray(from, c)); from = Math.max(from, c); }
+      if (leave === 'FIN') sock.end();
+      else if (leave === 'RST') sock.resetAndDestroy();
+    });
+  });
+}
+
+// mtad runs as a uid of its own here, one that no account and no other test uses,
+// so every file that uid owns is mtad's doing. Such a uid can write only in the
+// spool it owns and in the world-writable directories searched below.
+const FUZZ_UID = isRoot() ? 200000 + crypto.randomInt(100000) : process.getuid!();
+
+function ownedOutside(spool: string): string[] {
+  const out = execFileSync('find', ['/tmp', '/var/tmp', '/dev/shm', '/run/lock', '-xdev', '-uid', String(FUZZ_UID)], { encoding: 'utf8' });
+  return out.split('\n').filter((p) => p && p !== spool && !p.startsWith(`${spool}/`));
+}
+
+function snapshot(dir: string, skip: string): Map<string, string> {
+  const m = new Map<string, string>();
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (p === skip) continue;
+      const st = fs.lstatSync(p);
+      m.set(p, `${st.mode}:${st.uid}:${st.size}:${st.mtimeMs}`);
+      if (e.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return m;
+}
+
+let m: Mtad;
+beforeAll(async () => {
+  const dir = makeInstance({ users: ['alice', 'bob'] });
+  if (isRoot()) for (const f of ['spool', 'users']) fs.chownSync(path.join(dir, f), FUZZ_UID, FUZZ_UID);
+  m = await startMtad({ dir, env: { MTAD_MAX_CLIENTS: String(PARALLEL * 2) } });
+});
+afterAll(async () => {
+  const { code } = await m.stop();
+  expect(code).toBe(0);
+  removeInstance(m.dir);
+});
+
+it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
+  console.log(`fuzz: seed ${SEED} (replay: MTAD_FUZZ_SEED=${SEED} MTAD_FUZZ_SESSIONS=${SESSIONS}), ${PARALLEL} parallel`);
+  expect(m.output()).toContain(`(uid ${FUZZ_UID})`);
+  const ownedBefore = ownedOutside(m.spool); // the users file, which mtad reads as that uid
+  const before = snapshot(m.dir, m.spool);
+  const master = prng(SEED);
+  const seeds = Array.from({ length: SESSIONS }, () => Math.floor(master() * 2 ** 32));
+  const kinds = new Map<string, number>();
+  const codes = new Map<string, number>();
+  const bad: string[] = [];
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(Array.from({ length: PARALLEL }, async () => {
+    for (let i = next++; i < SESSIONS; i = next++) {
+      const r = prng(seeds[i]);
+      const { kind, bytes, leave } = session(r);
+      kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+      const { text, hung } = await run(m.port, r, bytes, leave);
+      const lines = text.split('\r\n');
+      // A client that resets may cut the last reply short itself; every other reply ends with CRLF.
+      const tail = leave === 'RST' ? '' : lines.pop();
+      if (leave === 'RST') lines.pop();
+      const wrong = lines.find((l) => !REPLY_LINE.test(l) || /[\r\n]/.test(l));
+      for (const l of lines) codes.set(l.slice(0, 1), (codes.get(l.slice(0, 1)) ?? 0) + 1);
+      if (hung || tail || wrong !== undefined || (!lines.length && !leave)) {
+        bad.push(`session ${i} (${kind}, seed ${seeds[i]}): ${hung ? 'no close within the deadline; ' : ''}` +
+          `${!lines.length ? 'no reply; ' : ''}${tail ? `unterminated ${JSON.stringify(tail.slice(0, 80))}; ` : ''}` +
+          `${wrong !== undefined ? `bad line ${JSON.stringify(wrong.slice(0, 80))}` : ''}`);
+      }
+    }
+  }));
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  console.log(`fuzz: ${SESSIONS} sessions in ${secs.toFixed(1)} s (${(SESSIONS / secs).toFixed(0)}/s); ` +
+    `kinds ${JSON.stringify(Object.fromEntries(kinds))}; reply lines by class ${JSON.stringify(Object.fromEntries(codes))}`);
+  expect(bad.slice(0, 10).join('\n')).toBe('');
+
+  // Every session over, nothing half-received is left in the queue.
+  for (;;) { // (bounded by the test's timeout)
+    const out = m.output();
+    if (out.split(' connect from ').length === out.split(' disconnect from ').length) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  expect(fs.readdirSync(path.join(m.queue, 'tmp'))).toEqual([]);
+  expect(fs.readdirSync(path.join(m.queue, 'active'))).toEqual([]);
+
+  // Still up, and still delivering.
+  expect(() => process.kill(m.pid, 0)).not.toThrow();
+  const c = await SmtpClient.connect(m.port);
+  await c.cmd('EHLO after.test');
+  const r = await c.send('after@after.test', ['alice'], 'Subject: after the fuzz\r\n\r\nstill delivering\r\n');
+  expect(r.raw).toMatch(/^250 2\.0\.0 Ok: queued as/);
+  await c.quit();
+  const box = readMbox(m.mailbox('alice'));
+  expect(box.filter((x) => x.header('Subject') === 'after the fuzz')).toHaveLength(1);
+  console.log(`fuzz: alice's mailbox holds ${box.length} messages, all parsed by Python's mailbox`);
+
+  // Nothing written outside the spool (and the queue inside it).
+  expect(ownedOutside(m.spool)).toEqual(ownedBefore);
+  const after = snapshot(m.dir, m.spool);
+  const changed = [...after].filter(([p, v]) => before.get(p) !== v).map(([p, v]) => `${p} ${before.get(p)} -> ${v}`);
+  expect(changed.join('\n')).toBe('');
+  expect(m.output()).not.toMatch(/internal error|unhandled|uncaught/i);
+}, 600000);

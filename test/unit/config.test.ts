@@ -1,0 +1,64 @@
+// Configuration: defaults, file, environment over file, and one clear line per bad value.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, ROOT } from '../../src/config';
+
+const file = (text: string): string => {
+  const p = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-cfg-')), 'mtad.env');
+  fs.writeFileSync(p, text);
+  return p;
+};
+
+describe('configuration', () => {
+  it('has the documented defaults', () => {
+    const c = loadConfig({ MTAD_CONFIG: '/dev/null' });
+    expect(c).toMatchObject({
+      hostname: os.hostname().toLowerCase(), domains: [os.hostname().toLowerCase(), 'localhost'],
+      host: '0.0.0.0', port: 25, spoolDir: path.join(ROOT, 'spool'), queueDir: path.join(ROOT, 'spool', '.queue'),
+      usersFile: path.join(ROOT, 'etc/users'), aliasesFile: path.join(ROOT, 'etc/aliases'),
+      maxMessageSize: 10240000, maxRecipients: 100, vrfy: false, expn: false, logLevel: 'info', runAs: '',
+    });
+  });
+
+  it('reads the shipped etc/mtad.env, where every key is commented out', () => {
+    const shipped = fs.readFileSync(path.join(ROOT, 'etc', 'mtad.env'), 'utf8');
+    expect(loadConfig({})).toMatchObject({ port: 25, host: '0.0.0.0' });
+    // every key the code knows is documented there
+    const src = fs.readFileSync(path.join(ROOT, 'src', 'config.ts'), 'utf8');
+    const keys = [...src.matchAll(/'(MTAD_[A-Z_]+)'/g)].map((m) => m[1]).filter((k) => k !== 'MTAD_CONFIG');
+    for (const k of new Set(keys)) expect(shipped, k).toMatch(new RegExp(`^#${k}=`, 'm'));
+  });
+
+  it('lets the environment override the file', () => {
+    const f = file('MTAD_PORT=2525\nMTAD_HOSTNAME=mail.lab.test\nMTAD_DOMAINS=lab.test, Other.Test\n');
+    expect(loadConfig({ MTAD_CONFIG: f })).toMatchObject({ port: 2525, hostname: 'mail.lab.test', domains: ['lab.test', 'other.test'] });
+    expect(loadConfig({ MTAD_CONFIG: f, MTAD_PORT: '2626' }).port).toBe(2626);
+  });
+
+  it.each([
+    ['MTAD_PORT', 'abc', /^MTAD_PORT: "abc" is not a whole number$/],
+    ['MTAD_PORT', '70000', /^MTAD_PORT: "70000" is out of range/],
+    ['MTAD_HOST', 'localhost', /^MTAD_HOST: "localhost" is not an IP address/],
+    ['MTAD_HOSTNAME', 'bad_name!', /^MTAD_HOSTNAME: "bad_name!" is not a valid host name/],
+    ['MTAD_DOMAINS', 'lab.test,-x', /^MTAD_DOMAINS: "-x" is not a valid domain name/],
+    ['MTAD_MAX_MESSAGE_SIZE', '10k', /^MTAD_MAX_MESSAGE_SIZE: "10k" is not a whole number/],
+    ['MTAD_MAX_RECIPIENTS', '0', /^MTAD_MAX_RECIPIENTS: "0" is out of range/],
+    ['MTAD_VRFY', 'maybe', /^MTAD_VRFY: "maybe" must be yes or no/],
+    ['MTAD_LOG_LEVEL', 'loud', /^MTAD_LOG_LEVEL: "loud" must be one of/],
+    ['MTAD_RETRY_MAX_DELAY', '1', /^MTAD_RETRY_MAX_DELAY: "1" must not be less than MTAD_RETRY_MIN_DELAY/],
+  ])('%s=%s is refused with one line naming the key', (key, value, re) => {
+    let err: unknown;
+    try { loadConfig({ MTAD_CONFIG: '/dev/null', [key]: value }); } catch (e) { err = e; }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).message).toMatch(re);
+    expect((err as ConfigError).message).not.toMatch(/\n/);
+    expect((err as ConfigError).exitCode).toBe(78);
+  });
+
+  it('refuses an unknown key in the file and a named file that is missing', () => {
+    expect(() => loadConfig({ MTAD_CONFIG: file('MTAD_PROT=25\n') })).toThrow(/^MTAD_PROT: unknown key/);
+    expect(() => loadConfig({ MTAD_CONFIG: '/nonexistent/mtad.env' })).toThrow(/^MTAD_CONFIG: cannot read \/nonexistent\/mtad.env: no such file/);
+  });
+});
