@@ -7,7 +7,7 @@
 //   MTAD_FUZZ_SESSIONS   sessions to run (default 20000)
 //   MTAD_FUZZ_SEED       the seed (default: random; printed, so a failure can be replayed)
 //   MTAD_FUZZ_PARALLEL   connections at a time (default 40)
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -143,7 +143,12 @@ function run(port: number, r: Rand, bytes: Buffer, leave?: 'FIN' | 'RST'): Promi
 const FUZZ_UID = isRoot() ? 200000 + crypto.randomInt(100000) : process.getuid!();
 
 function ownedOutside(spool: string): string[] {
-  const out = execFileSync('find', ['/tmp', '/var/tmp', '/dev/shm', '/run/lock', '-xdev', '-uid', String(FUZZ_UID)], { encoding: 'utf8' });
+  // Other tests create and remove their temp dirs meanwhile: find exits 1 when one
+  // vanishes under it, which says nothing about mtad. Any other complaint fails.
+  const r = spawnSync('find', ['/tmp', '/var/tmp', '/dev/shm', '/run/lock', '-xdev', '-uid', String(FUZZ_UID)], { encoding: 'utf8' });
+  const complaints = r.stderr.split('\n').filter((l) => l && !/No such file or directory$/.test(l));
+  if ((r.status !== 0 && r.status !== 1) || complaints.length) throw new Error(`find failed (${r.status}): ${r.stderr}`);
+  const out = r.stdout;
   return out.split('\n').filter((p) => p && p !== spool && !p.startsWith(`${spool}/`));
 }
 
