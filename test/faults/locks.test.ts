@@ -1,9 +1,10 @@
 // Readers holding the lock, and mtad holding it (issue 3, item 3). The lockers are
 // the real programs of a Debian box: liblockfile's dotlockfile, procmail's
 // lockfile, mutt_dotlock, and Python's mailbox.mbox.lock() (fcntl, then a dotlock).
-// Dovecot is not driven here: doveadm has no command that holds a mailbox lock
-// (it takes fcntl and dotlock inside one operation and drops them), and its
-// locks are the same two kinds the programs above take.
+// Dovecot cannot be made to *hold* a lock from outside: doveadm and imap take
+// fcntl and dotlock inside one operation and drop them. It is driven as a writer
+// that must wait for mtad's append (its imap server, preauthenticated), and
+// kill.test.ts has it read and append to every mailbox after the kills.
 //
 // To observe mtad *during* an append, the test makes the disk slow: strace delays
 // mtad's fdatasync(2), which the append calls after writing, with both locks
@@ -17,7 +18,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
-import { run, tokensByFormail, tokensByPython, until } from './readers';
+import { dovecotImapAsync, imapAppend, run, tokensByFormail, tokensByPython, until } from './readers';
 
 // Holds the lock until a line arrives on stdin; retries (and says so once) while someone else has it.
 const PY_LOCKER = `
@@ -294,4 +295,23 @@ describe('mtad holds the mailbox while it appends', () => {
       }
     });
   }
+
+  it('Dovecot appending meanwhile waits for the append to end (its lock timeout is 5 s, the hold 2.5 s)', async () => {
+    const token = 'slow-for-dovecot';
+    const { delivered, detach } = await holdInsideAppend(token);
+    try {
+      const answer = dovecotImapAsync(box, [imapAppend('a', 'From: dovecot@lab.test\nSubject: imap\nX-Token: via-dovecot\n\nappended over IMAP\n'), 'b LOGOUT']);
+      // When Dovecot is done, mtad's append must have been over for it to start.
+      const intentWhenDone = answer.then(() => fs.existsSync(path.join(lock, 'append')));
+      expect(await intentWhenDone).toBe(false);
+      expect(/^a (OK|NO|BAD).*$/m.exec(await answer)?.[0]).toMatch(/^a OK/);
+      await delivered;
+      const tokens = tokensByPython(box);
+      expect(tokens.slice(-2)).toEqual([token, 'via-dovecot']);
+      expect(tokensByFormail(box)).toEqual(tokens);
+      expect(fs.existsSync(lock)).toBe(false);
+    } finally {
+      await detach();
+    }
+  });
 });

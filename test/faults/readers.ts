@@ -114,6 +114,38 @@ export async function until(cond: () => boolean, timeoutMs = 15000, what = 'cond
  * and a 5 s lock timeout. `commands` are IMAP lines; returns what Dovecot answered.
  */
 export function dovecotImap(mbox: string, commands: string[]): string {
+  const { dir, args } = dovecotSetup(mbox);
+  try {
+    const r = spawnSync('setpriv', args, {
+      input: commands.map((c) => `${c}\r\n`).join(''),
+      env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir },
+      encoding: 'latin1',
+      timeout: 60000,
+      maxBuffer: 1 << 28,
+    });
+    if (r.status !== 0) throw new Error(`dovecot imap failed (${r.status} ${r.signal}): ${r.stderr}`);
+    return r.stdout;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The same, without blocking: resolves with Dovecot's answer when it exits. */
+export function dovecotImapAsync(mbox: string, commands: string[]): Promise<string> {
+  const { dir, args } = dovecotSetup(mbox);
+  const p = spawn('setpriv', args, { env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir }, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  p.stdout!.on('data', (b: Buffer) => { out += b.toString('latin1'); });
+  p.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+  p.stdin!.end(commands.map((c) => `${c}\r\n`).join(''), 'latin1');
+  return new Promise((resolve, reject) => p.on('exit', (code) => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (code === 0) resolve(out); else reject(new Error(`dovecot imap failed (${code}): ${err}`));
+  }));
+}
+
+function dovecotSetup(mbox: string): { conf: string; dir: string; args: string[] } {
   const st = fs.statSync(mbox);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-dovecot-'));
   try {
@@ -130,18 +162,17 @@ export function dovecotImap(mbox: string, commands: string[]): string {
       'mbox_lock_timeout = 5s',
       '',
     ].join('\n'));
-    const r = spawnSync('setpriv', [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', '/usr/lib/dovecot/imap', '-c', conf], {
-      input: commands.map((c) => `${c}\r\n`).join(''),
-      env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir },
-      encoding: 'latin1',
-      timeout: 60000,
-      maxBuffer: 1 << 28,
-    });
-    if (r.status !== 0) throw new Error(`dovecot imap failed (${r.status} ${r.signal}): ${r.stderr}`);
-    return r.stdout;
-  } finally {
+    return { conf, dir, args: [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', '/usr/lib/dovecot/imap', '-c', conf] };
+  } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
   }
+}
+
+/** The IMAP line that appends `message` to INBOX (a non-synchronising literal). */
+export function imapAppend(tag: string, message: string): string {
+  const literal = message.replace(/\r?\n/g, '\r\n');
+  return `${tag} APPEND INBOX {${Buffer.byteLength(literal, 'latin1')}+}\r\n${literal}`;
 }
 
 /** X-Token of every message as Dovecot sees the mailbox (read-only: EXAMINE). */
@@ -153,7 +184,6 @@ export function tokensByDovecot(mbox: string): string[] {
 
 /** Appends a message through Dovecot, which takes the dotlock and the fcntl lock to write: its tagged reply. */
 export function appendByDovecot(mbox: string, message: string): string {
-  const literal = message.replace(/\r?\n/g, '\r\n');
-  const out = dovecotImap(mbox, [`a APPEND INBOX {${Buffer.byteLength(literal, 'latin1')}+}\r\n${literal}`, 'b LOGOUT']);
+  const out = dovecotImap(mbox, [imapAppend('a', message), 'b LOGOUT']);
   return /^a (OK|NO|BAD).*$/m.exec(out)?.[0] ?? out;
 }
