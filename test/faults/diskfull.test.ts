@@ -3,8 +3,9 @@
 //   1. both full: the client gets 452 4.3.1 for a small message and for one big
 //      enough to be streamed to the queue, after its final dot; nothing is left
 //      behind and the mailbox is byte for byte what it was;
-//   2. the queue has room again, the spool not: the message is queued (250) and
-//      its delivery deferred, the mailbox still untouched;
+//   2. the queue has room again, the spool only a few pages: the message is
+//      queued (250) and its delivery deferred; the append that ran out of space
+//      is rolled back, the mailbox still untouched;
 //   3. the spool has room again: the deferred message is delivered with no action.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -99,8 +100,11 @@ describe('disk full', () => {
     expect(fs.readFileSync(box).equals(before)).toBe(true);
     expect(leftovers(queue, spool)).toEqual([]);
 
-    // 2. The queue has room, the spool not: accepted, queued, delivery deferred.
+    // 2. The queue has room, the spool only 16 KiB: accepted, queued, delivery
+    // deferred. The 50 KB append starts, runs out of space, and is rolled back.
     fs.rmSync(queueFiller);
+    fs.truncateSync(spoolFiller, fs.statSync(spoolFiller).size - 16384);
+    const freeBefore = fs.statfsSync(spool).bavail;
     const queued = await c.send('a@client.test', ['alice@lab.test'], message('deferred', 50000));
     expect(queued.code).toBe(250);
     const id = /queued as (\w+)/.exec(queued.raw)![1];
@@ -111,6 +115,7 @@ describe('disk full', () => {
     await until(() => retries() >= 3);
     expect(fs.readFileSync(box).equals(before)).toBe(true);
     expect(fs.readdirSync(spool).filter((f) => f.endsWith('.lock'))).toEqual([]);
+    expect(fs.statfsSync(spool).bavail).toBe(freeBefore);
     expect(fs.readdirSync(path.join(queue, 'active'))).toContain(id);
 
     // 3. Room in the spool: delivered with no action from anyone.
