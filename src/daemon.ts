@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Config, describeErrno, ROOT } from './config';
 import { DeliveryAgent } from './delivery/agent';
 import { Deliverer } from './delivery/deliverer';
-import { sweepStaleLockDirs } from './delivery/locks';
+import { sweepStaleLocks } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
@@ -36,6 +36,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     spoolDir: config.spoolDir,
     lockTimeoutMs: config.lockTimeout * 1000,
     createMode: mailboxMode(config.spoolDir),
+    intentDir: queue.appendingDir,
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory);
   const receiving = new Set<Promise<unknown>>();
@@ -47,7 +48,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     checkAccess(config, runAs);
     queue.initSync();
     pidFd = await lockPidFile(config.queueDir);
-    const swept = sweepStaleLockDirs(config.spoolDir);
+    const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir);
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
     for (const r of swept.leftAlone) log.warn(`mailbox ${r.mailbox}: an append was interrupted by a crash, but ${r.why}; left as it is`);

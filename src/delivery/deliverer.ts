@@ -32,6 +32,8 @@ export interface DelivererOptions {
   spoolDir: string;
   lockTimeoutMs: number;
   createMode: number;
+  /** Where an append in progress is recorded, one file per mailbox (the queue's appending/). */
+  intentDir: string;
 }
 
 export class Deliverer {
@@ -81,6 +83,7 @@ export class Deliverer {
           await appendEntries(this.mailboxPath(mailbox), entries, {
             deadline: Date.now() + this.opts.lockTimeoutMs,
             createMode: this.opts.createMode,
+            intentFile: path.join(this.opts.intentDir, mailbox),
             onLockCompromised: (err) => log.warn(`dotlock of mailbox ${mailbox} compromised: ${err.message}`),
           });
           outcome = { ok: true };

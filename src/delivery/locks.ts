@@ -6,7 +6,7 @@
 // by touching it. While it exists, dotlock users (liblockfile, procmail, mutt_dotlock)
 // can neither create their lock file nor unlink ours, so they wait. A directory
 // left by a crash is ours by construction (nobody else makes one) and is swept at
-// start-up by sweepStaleLockDirs.
+// start-up by sweepStaleLocks.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as osLock from 'os-lock';
@@ -79,11 +79,6 @@ export async function lockDotlock(mailbox: string, deadline: number, onCompromis
   return release;
 }
 
-/** Where an append in progress records the mailbox's size before and after it (inside our lock directory). */
-export function appendIntentPath(mailbox: string): string {
-  return path.join(`${mailbox}.lock`, 'append');
-}
-
 export interface SweepResult {
   /** Lock directories removed. */
   removed: string[];
@@ -93,38 +88,42 @@ export interface SweepResult {
   leftAlone: Array<{ mailbox: string; why: string }>;
 }
 
+const MAILBOX_NAME = /^[a-z_][a-z0-9_-]*$/;
+
 /**
- * Removes the dotlock directories a killed mtad left in the spool. Only
- * directories are touched: a lock *file* belongs to a mail reader. A directory
- * holding an append intent means we were killed during that append: a mailbox
- * whose size lies strictly between the recorded before and after sizes holds a
- * torn entry and is truncated back. Any other size means the append completed,
- * or someone else wrote since, and the mailbox is left as it is.
- * Runs at start-up, before any client is served.
+ * Cleans up after a killed mtad, at start-up, before any client is served.
+ * An append record left in `intentDir` means we were killed during that append:
+ * a mailbox whose size lies strictly between the recorded before and after sizes
+ * holds a torn entry and is truncated back; any other size means the append
+ * completed, or someone else wrote since, and the mailbox is left as it is.
+ * Then the dotlock directories we left in the spool are removed. Only
+ * directories are touched: a lock *file* belongs to a mail reader.
  */
-export function sweepStaleLockDirs(spoolDir: string): SweepResult {
+export function sweepStaleLocks(spoolDir: string, intentDir: string): SweepResult {
   const result: SweepResult = { removed: [], rolledBack: [], leftAlone: [] };
+  for (const name of fs.readdirSync(intentDir)) {
+    const record = path.join(intentDir, name);
+    if (MAILBOX_NAME.test(name)) {
+      let text = '';
+      try {
+        text = fs.readFileSync(record, 'utf8');
+      } catch {
+        // unreadable: treated as a record cut short, written before any byte of the append
+      }
+      const outcome = rollBackTornAppend(path.join(spoolDir, name), text);
+      if (typeof outcome !== 'number') result.leftAlone.push({ mailbox: name, why: outcome.why });
+      else if (outcome > 0) result.rolledBack.push({ mailbox: name, bytes: outcome });
+    }
+    fs.rmSync(record, { force: true });
+  }
   for (const name of fs.readdirSync(spoolDir)) {
     if (!name.endsWith('.lock')) continue;
     const p = path.join(spoolDir, name);
     try {
-      if (!fs.lstatSync(p).isDirectory()) continue;
-      const mailbox = path.join(spoolDir, name.slice(0, -'.lock'.length));
-      const intent = appendIntentPath(mailbox);
-      let record: string | null = null;
-      try {
-        record = fs.readFileSync(intent, 'utf8');
-      } catch {
-        // no append was in progress
+      if (fs.lstatSync(p).isDirectory()) {
+        fs.rmdirSync(p);
+        result.removed.push(name);
       }
-      if (record !== null) {
-        const outcome = rollBackTornAppend(mailbox, record);
-        if (typeof outcome === 'number') { if (outcome > 0) result.rolledBack.push({ mailbox: path.basename(mailbox), bytes: outcome }); }
-        else result.leftAlone.push({ mailbox: path.basename(mailbox), why: outcome.why });
-        fs.rmSync(intent, { force: true });
-      }
-      fs.rmdirSync(p);
-      result.removed.push(name);
     } catch {
       // gone already, or not empty: then it is not one of ours, leave it
     }

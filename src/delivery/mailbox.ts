@@ -4,7 +4,7 @@
 // so that a mailbox is never left half-written (invariant 3).
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { appendIntentPath, lockDotlock, lockFcntl, LockTimeout } from './locks';
+import { lockDotlock, lockFcntl, LockTimeout } from './locks';
 
 /** A message body in mbox form: in memory, or a byte range of a queue file. */
 export type Body =
@@ -33,6 +33,8 @@ export interface AppendOptions {
   deadline: number;
   /** Mode of a mailbox that has to be created. */
   createMode: number;
+  /** The file that records this append while it is in progress. */
+  intentFile: string;
   onLockCompromised: (err: Error) => void;
 }
 
@@ -49,16 +51,15 @@ export async function appendEntries(file: string, entries: Entry[], opts: Append
       if (!now || now.ino !== st.ino || now.dev !== st.dev) {
         throw new DeliveryError('4.2.0', 'mailbox was replaced while waiting for its lock');
       }
-      // An intent record inside our lock directory: if we are killed mid-write, the
-      // start-up sweep cuts the torn entry off (see sweepStaleLockDirs).
+      // A record of the append while we hold the locks: if we are killed mid-write,
+      // the start-up sweep cuts the torn entry off (see sweepStaleLocks). It is kept
+      // out of the lock directory, whose mtime proper-lockfile watches.
       const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);
-      const intent = appendIntentPath(file);
       try {
-        await fs.promises.writeFile(intent, `${st.dev} ${st.ino} ${st.size} ${st.size + total}\n`, { mode: 0o600 });
+        await fs.promises.writeFile(opts.intentFile, `${st.dev} ${st.ino} ${st.size} ${st.size + total}\n`, { mode: 0o600 });
         await writeEntries(fh, entries, st.size);
       } finally {
-        // Even a half-written record must go, or the lock directory could not be removed.
-        await fs.promises.rm(intent, { force: true });
+        await fs.promises.rm(opts.intentFile, { force: true });
       }
     } finally {
       await release().catch(() => undefined);

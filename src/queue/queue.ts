@@ -45,16 +45,19 @@ export class Queue {
   readonly tmpDir: string;
   readonly activeDir: string;
   readonly failedDir: string;
+  /** One record per mailbox append in progress (see delivery/locks.ts, sweepStaleLocks). */
+  readonly appendingDir: string;
 
   constructor(readonly dir: string) {
     this.tmpDir = path.join(dir, 'tmp');
     this.activeDir = path.join(dir, 'active');
     this.failedDir = path.join(dir, 'failed');
+    this.appendingDir = path.join(dir, 'appending');
   }
 
   /** Creates the directories (mode 0700) and removes what a crash left in tmp/. */
   initSync(): void {
-    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir, path.join(this.dir, 'control')]) {
+    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir, this.appendingDir, path.join(this.dir, 'control')]) {
       fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     }
     for (const f of fs.readdirSync(this.tmpDir)) fs.rmSync(path.join(this.tmpDir, f), { force: true });

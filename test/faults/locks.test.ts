@@ -54,6 +54,8 @@ except OSError:
 let mtad: Mtad;
 let box: string;
 let lock: string;
+/** mtad's record of an append to alice's mailbox in progress (it exists exactly while one is). */
+const appendRecord = (): string => path.join(mtad.queue, 'appending', 'alice');
 beforeAll(async () => {
   mtad = await startMtad({
     users: ['alice'],
@@ -199,8 +201,8 @@ const HOLD_US = 2_500_000;
  * writing. Resolves once an append is in progress; returns the token and the
  * pending 250, and the way to detach.
  */
-async function holdInsideAppend(token: string): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
-  const strace = spawn('strace', ['-f', '-p', String(mtad.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${HOLD_US}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
+  const strace = spawn('strace', ['-f', '-p', String(mtad.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${holdUs}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   const exited = new Promise<void>((r) => strace.on('exit', () => r()));
   await new Promise<void>((resolve, reject) => {
@@ -209,7 +211,7 @@ async function holdInsideAppend(token: string): Promise<{ delivered: Promise<str
   });
   const detach = async (): Promise<void> => { strace.kill('SIGINT'); await exited; };
   const delivered = send(token).then(() => token);
-  await until(() => fs.existsSync(path.join(lock, 'append')), 10000, 'an append in progress');
+  await until(() => fs.existsSync(appendRecord()), 10000, 'an append in progress');
   return { delivered, detach };
 }
 
@@ -281,7 +283,7 @@ describe('mtad holds the mailbox while it appends', () => {
         expect(w.tryOnce()).toBe(false);
         const waiting = w.wait();
         // The moment the waiter gets the lock, mtad's append must be over.
-        const intentWhenLocked = waiting.done.then(() => fs.existsSync(path.join(lock, 'append')));
+        const intentWhenLocked = waiting.done.then(() => fs.existsSync(appendRecord()));
         expect(await intentWhenLocked).toBe(false);
         // The waiter holds the lock now: what it sees is the whole new message.
         const tokens = tokensByPython(box);
@@ -296,13 +298,25 @@ describe('mtad holds the mailbox while it appends', () => {
     });
   }
 
+  it('an append longer than the dotlock refresh period (5 s) keeps its lock sound and removes it after', async () => {
+    const { delivered, detach } = await holdInsideAppend('slow-6s', 6_000_000);
+    try {
+      await delivered;
+      expect(fs.existsSync(lock)).toBe(false);
+      expect(mtad.output()).not.toMatch(/compromised/);
+      expect(tokensByPython(box).at(-1)).toBe('slow-6s');
+    } finally {
+      await detach();
+    }
+  });
+
   it('Dovecot appending meanwhile waits for the append to end (its lock timeout is 5 s, the hold 2.5 s)', async () => {
     const token = 'slow-for-dovecot';
     const { delivered, detach } = await holdInsideAppend(token);
     try {
       const answer = dovecotImapAsync(box, [imapAppend('a', 'From: dovecot@lab.test\nSubject: imap\nX-Token: via-dovecot\n\nappended over IMAP\n'), 'b LOGOUT']);
       // When Dovecot is done, mtad's append must have been over for it to start.
-      const intentWhenDone = answer.then(() => fs.existsSync(path.join(lock, 'append')));
+      const intentWhenDone = answer.then(() => fs.existsSync(appendRecord()));
       expect(await intentWhenDone).toBe(false);
       expect(/^a (OK|NO|BAD).*$/m.exec(await answer)?.[0]).toMatch(/^a OK/);
       await delivered;

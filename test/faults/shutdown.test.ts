@@ -106,7 +106,7 @@ describe('SIGTERM', () => {
         const c = await SmtpClient.connect(m.port);
         await c.cmd('EHLO client.test');
         const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: held\r\nX-Token: held\r\n\r\nEND held\r\n').catch((e: Error) => e);
-        await until(() => fs.existsSync(path.join(`${m.mailbox('alice')}.lock`, 'append')), 10000, 'the append');
+        await until(() => fs.existsSync(path.join(m.queue, 'appending', 'alice')), 10000, 'the append');
         const exit = await terminate(m);
         const r = await reply;
         c.close();

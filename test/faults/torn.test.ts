@@ -1,7 +1,7 @@
 // An append torn by kill -9, made deterministic. kill.test.ts hits the middle of
 // a write only now and then; here the spool is left in exactly the state a kill
-// mid-append leaves (mtad's lock directory with its append record, and part of an
-// entry at the end of the mailbox), then a real mtad starts on it:
+// mid-append leaves (mtad's lock directory, its record of the append in the
+// queue, and part of an entry at the end of the mailbox), then a real mtad starts on it:
 //   alice: torn inside the recorded append  -> cut back to the size before it;
 //   bob:   the append had completed         -> left as it is (whole message);
 //   carol: grown past the recorded append   -> someone else wrote: left alone, logged.
@@ -30,14 +30,19 @@ async function send(m: Mtad, user: string, token: string): Promise<void> {
   expect(r.code, r.raw).toBe(250);
 }
 
-/** Leaves `user`'s mailbox as a kill inside an append of `planned` bytes would, after `written` of them. */
+/**
+ * Leaves `user`'s mailbox as a kill inside an append of `planned` bytes would, after
+ * `written` of them: mtad's lock directory, its record of the append in the queue's
+ * appending/, and the bytes written so far.
+ */
 function tear(spool: string, user: string, planned: string, written: number, extra = ''): { before: number } {
   const box = path.join(spool, user);
   const st = fs.statSync(box);
   const lock = `${box}.lock`;
   fs.mkdirSync(lock);
-  fs.writeFileSync(path.join(lock, 'append'), `${st.dev} ${st.ino} ${st.size} ${st.size + Buffer.byteLength(planned)}\n`);
-  for (const p of [lock, path.join(lock, 'append')]) fs.chownSync(p, st.uid, st.gid);
+  const record = path.join(spool, '.queue', 'appending', user);
+  fs.writeFileSync(record, `${st.dev} ${st.ino} ${st.size} ${st.size + Buffer.byteLength(planned)}\n`);
+  for (const p of [lock, record]) fs.chownSync(p, st.uid, st.gid);
   fs.appendFileSync(box, Buffer.from(planned).subarray(0, written));
   if (extra) fs.appendFileSync(box, extra);
   return { before: st.size };
@@ -66,6 +71,7 @@ describe('an append torn by a crash', () => {
     expect(out).toMatch(/warning: mailbox carol: an append was interrupted by a crash, but its size \d+ is outside the append .*; left as it is/);
     for (const u of ['alice', 'bob', 'carol']) expect(out).toContain(`removed stale lock ${u}.lock`);
     expect(fs.readdirSync(spool).filter((f) => f.endsWith('.lock'))).toEqual([]);
+    expect(fs.readdirSync(path.join(spool, '.queue', 'appending'))).toEqual([]);
 
     expect(fs.readFileSync(path.join(spool, 'alice')).equals(aliceBytes)).toBe(true);
     expect(fs.statSync(path.join(spool, 'alice')).size).toBe(alice.before);
