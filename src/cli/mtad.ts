@@ -1,7 +1,7 @@
 // mtad: the daemon. `sudo node bin/mtad` for port 25; MTAD_PORT=2525 without sudo.
 import { checkInstallation } from '../check';
 import { loadConfig } from '../config';
-import { startDaemon } from '../daemon';
+import { Daemon, startDaemon } from '../daemon';
 import { log } from '../log';
 import { CliError, EX, runMain, VERSION } from './common';
 
@@ -39,17 +39,27 @@ runMain('mtad', async (argv) => {
     process.stdout.write(`${report.problems.length} problem(s): mtad ${fatal ? 'would not start' : 'would start, ignoring those lines'}\n`);
     return (fatal ?? report.problems[0]).exitCode;
   }
-  const daemon = await startDaemon(config);
+  // The handlers come first: "listening on" is printed before the start-up has
+  // finished (the queue is still being read), and a SIGTERM in that gap must be a
+  // clean stop, not a kill. It is acted on once the daemon is up.
+  let daemon: Daemon | null = null;
+  let stopping = false;
   let signals = 0;
+  const shutdown = (d: Daemon): void => {
+    const hard = setTimeout(() => { log.warn('grace time over: exiting'); process.exit(0); }, (config.shutdownGrace + 10) * 1000);
+    hard.unref();
+    d.close().then(() => process.exit(0), (err) => { log.error(String(err)); process.exit(1); });
+  };
   const stop = (sig: string): void => {
     if (++signals > 1) { log.warn(`${sig} again: exiting now`); process.exit(1); }
     log.info(`${sig} received`);
-    const hard = setTimeout(() => { log.warn('grace time over: exiting'); process.exit(0); }, (config.shutdownGrace + 10) * 1000);
-    hard.unref();
-    daemon.close().then(() => process.exit(0), (err) => { log.error(String(err)); process.exit(1); });
+    stopping = true;
+    if (daemon) shutdown(daemon);
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
+  daemon = await startDaemon(config);
+  if (stopping) shutdown(daemon);
   return undefined;
 });

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { Reply, SmtpClient } from '../helpers/smtp';
 import { tokensByPython, until } from './readers';
 
@@ -20,8 +20,8 @@ afterEach(async () => {
   }
 });
 
-async function boot(): Promise<Mtad> {
-  mtad = await startMtad({ users: ['alice'], env: { MTAD_SHUTDOWN_GRACE: String(GRACE), MTAD_RETRY_MIN_DELAY: '0.2', MTAD_RETRY_MAX_DELAY: '0.5' } });
+async function boot(dir?: string): Promise<Mtad> {
+  mtad = await startMtad({ dir, users: ['alice'], env: { MTAD_SHUTDOWN_GRACE: String(GRACE), MTAD_RETRY_MIN_DELAY: '0.2', MTAD_RETRY_MAX_DELAY: '0.5' } });
   return mtad;
 }
 
@@ -54,6 +54,23 @@ async function startLargeData(m: Mtad): Promise<SmtpClient> {
 }
 
 describe('SIGTERM', () => {
+  it('the moment mtad says it is listening (start-up not quite over): a clean stop, exit 0', async () => {
+    // "listening on" comes before mtad has taken the mta-queue requests waiting in
+    // control/; a thousand of them hold the start-up open long enough for the
+    // SIGTERM (startMtad resolves on that line, and stop() signals at once) to land there.
+    const dir = makeInstance({ users: ['alice'] });
+    const control = path.join(dir, 'spool', '.queue', 'control');
+    fs.mkdirSync(control, { recursive: true });
+    for (let i = 0; i < 1000; i++) fs.writeFileSync(path.join(control, `request-${i}`), 'flush\n');
+    const { uid, gid } = fs.statSync(path.join(dir, 'spool'));
+    for (const d of [path.dirname(control), control, ...fs.readdirSync(control).map((f) => path.join(control, f))]) fs.chownSync(d, uid, gid);
+    const m = await boot(dir);
+    const exit = await m.stop('SIGTERM');
+    expect(exit).toEqual({ code: 0, signal: null });
+    expect(m.output()).toMatch(/SIGTERM received/);
+    expect(m.output()).toMatch(/stopped/);
+  });
+
   it('during a large DATA that the client finishes within the grace time: 250, delivered, exit 0', async () => {
     const m = await boot();
     const c = await startLargeData(m);
