@@ -222,3 +222,29 @@ export async function startTshark(args: string[]): Promise<Capture> {
     },
   };
 }
+
+/**
+ * Runs an interactive program (mutt) in a detached tmux session on a private
+ * socket, waits until its screen matches `ready`, presses `keys`, and returns
+ * the screen as it was. The tmux server ends with the session.
+ */
+export async function screenOf(dir: string, argv: string[], ready: RegExp, keys: string[], env: NodeJS.ProcessEnv, timeoutMs = 20000): Promise<string> {
+  const socket = path.join(dir, 'tmux.sock');
+  const tmux = (args: string[]): Promise<RunResult> => run('tmux', ['-S', socket, ...args], { env });
+  const started = await tmux(['new-session', '-d', '-x', '200', '-y', '60', '--', ...argv]);
+  if (started.status !== 0) throw new Error(`tmux: ${started.stderr}`);
+  try {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const screen = (await tmux(['capture-pane', '-p'])).stdout.toString();
+      if (ready.test(screen)) {
+        await tmux(['send-keys', ...keys]);
+        return screen;
+      }
+      if (Date.now() > deadline) throw new Error(`screen never matched ${ready}:\n${screen}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await tmux(['kill-server']);
+  }
+}
