@@ -103,7 +103,7 @@ export async function startDovecot(dir: string, spool: string, users: string[]):
   const st = fs.statSync(spool);
   fs.chownSync(path.join(base, 'mail'), st.uid, st.gid);
   const passwd = path.join(base, 'passwd');
-  fs.writeFileSync(passwd, users.map((u) => `${u}:{PLAIN}${DOVECOT_PASSWORD}\n`).join(''), { mode: 0o600 });
+  fs.writeFileSync(passwd, users.map((u) => `${u}:{PLAIN}${DOVECOT_PASSWORD}\n`).join(''), { mode: 0o644 }); // read by Dovecot's auth process, which is not root; a test password
   const [pop3, imap] = [await freePort(), await freePort()];
   const conf = path.join(base, 'dovecot.conf');
   const logFile = path.join(base, 'dovecot.log');
