@@ -42,16 +42,23 @@ export async function python<T>(script: string, args: string[], input?: string |
   return JSON.parse(r.stdout.toString()) as T;
 }
 
-/** A port that was free on 127.0.0.1 a moment ago (for programs that cannot report the port they bound). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
+/**
+ * `n` distinct ports that were free on 127.0.0.1 a moment ago (for programs that
+ * cannot report the port they bound). All are held until all are chosen, so
+ * the kernel cannot hand out the same one twice.
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers: net.Server[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const s = net.createServer();
+      servers.push(s);
+      await new Promise<void>((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', resolve); });
+    }
+    return servers.map((s) => (s.address() as net.AddressInfo).port);
+  } finally {
+    await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  }
 }
 
 /** Resolves once something accepts a connection on 127.0.0.1:port, polling for up to timeoutMs. */
@@ -104,7 +111,7 @@ export async function startDovecot(dir: string, spool: string, users: string[]):
   fs.chownSync(path.join(base, 'mail'), st.uid, st.gid);
   const passwd = path.join(base, 'passwd');
   fs.writeFileSync(passwd, users.map((u) => `${u}:{PLAIN}${DOVECOT_PASSWORD}\n`).join(''), { mode: 0o644 }); // read by Dovecot's auth process, which is not root; a test password
-  const [pop3, imap] = [await freePort(), await freePort()];
+  const [pop3, imap] = await freePorts(2);
   const conf = path.join(base, 'dovecot.conf');
   const logFile = path.join(base, 'dovecot.log');
   fs.writeFileSync(conf, `# Written by test/interop/tools.ts for one test run.
