@@ -168,7 +168,10 @@ describe('mutt driving msmtp', () => {
     expect(text.text).toBe('The attachment is 200 KiB of random bytes.\n');
     expect(att.filename).toBe('random.bin');
     expect(att.sha256).toBe(sha256(blob));
-    expect(bySubject('alice', 'mutt binary')[0].header('Return-Path')).toBe('<carol@example.org>');
+    const [entry] = bySubject('alice', 'mutt binary');
+    expect(entry.header('Return-Path')).toBe('<carol@example.org>');
+    // msmtp, not mutt, spoke SMTP: it greeted with the --domain it was given.
+    expect(entry.header('Received')).toMatch(/^from client\.example\.org \(/);
   });
 });
 
