@@ -43,17 +43,25 @@ export async function python<T>(script: string, args: string[], input?: string |
 }
 
 /**
- * `n` distinct ports that were free on 127.0.0.1 a moment ago (for programs that
- * cannot report the port they bound). All are held until all are chosen, so
- * the kernel cannot hand out the same one twice.
+ * `n` distinct ports free on 127.0.0.1, for programs that cannot report the port
+ * they bound. They are picked below the kernel's ephemeral range, where no
+ * outgoing connection of this machine can take one before the program binds it,
+ * and all are held until all are chosen, so no two are the same.
  */
 export async function freePorts(n: number): Promise<number[]> {
+  const low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  const floor = 10000;
   const servers: net.Server[] = [];
   try {
-    for (let i = 0; i < n; i++) {
+    for (let tries = 0; servers.length < n; tries++) {
+      if (tries > 200) throw new Error(`no free port between ${floor} and ${low}`);
       const s = net.createServer();
-      servers.push(s);
-      await new Promise<void>((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', resolve); });
+      const port = floor + Math.floor(Math.random() * (low - floor));
+      const ok = await new Promise<boolean>((resolve) => {
+        s.once('error', () => resolve(false));
+        s.listen(port, '127.0.0.1', () => resolve(true));
+      });
+      if (ok) servers.push(s);
     }
     return servers.map((s) => (s.address() as net.AddressInfo).port);
   } finally {
@@ -162,18 +170,29 @@ service imap-login {
   let out = '';
   proc.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
   proc.stderr!.on('data', (b: Buffer) => { out += b.toString(); });
-  const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
+  let gone = false;
+  const exited = new Promise<void>((resolve) => proc.on('exit', () => { gone = true; resolve(); }));
   const log = (): string => out + (fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '');
+  const pidFile = path.join(base, 'run', 'master.pid');
+  let pid: number;
   try {
     await Promise.race([
       Promise.all([waitForListener(pop3), waitForListener(imap)]),
       exited.then(() => { throw new Error(`dovecot exited:\n${log()}`); }),
     ]);
+    // The master writes its pid file after it binds the listeners.
+    const deadline = Date.now() + 10000;
+    while (!fs.existsSync(pidFile) || !fs.readFileSync(pidFile, 'utf8').trim()) {
+      if (gone || Date.now() > deadline) throw new Error(`dovecot wrote no ${pidFile}:\n${log()}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+    if (pid !== proc.pid) throw new Error(`${pidFile} says ${pid}, but the master is ${proc.pid}`);
   } catch (err) {
-    proc.kill('SIGKILL');
+    proc.kill('SIGTERM');
+    await exited;
     throw err;
   }
-  const pid = Number(fs.readFileSync(path.join(base, 'run', 'master.pid'), 'utf8').trim());
   return {
     pop3,
     imap,
@@ -181,7 +200,7 @@ service imap-login {
     log,
     async stop() {
       // The master's pid file names the process to stop; it takes its children down with it.
-      try { process.kill(pid, 'SIGTERM'); } catch { /* already gone */ }
+      if (!gone) process.kill(pid, 'SIGTERM');
       await exited;
     },
   };
