@@ -2,7 +2,7 @@
 // school's server does for the lab: Python's poplib and imaplib must see every
 // message byte for byte, and Dovecot expunging messages while mtad appends to
 // the same mbox must corrupt nothing. Dovecot has to start as root (it switches
-// to the mail user itself), so the suite needs root, as CI has.
+// to the mail user itself), so this file needs root, as CI has.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
