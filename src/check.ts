@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import * as osLock from 'os-lock';
+import { tryLock } from './system/fcntl';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
 import { Config, describeErrno, ROOT } from './config';
@@ -115,10 +115,7 @@ async function runningMtad(queueDir: string): Promise<string | null> {
   }
   try {
     // A shared lock for an instant; mtad, starting meanwhile, waits that out (lockPidFile).
-    await osLock.lock(fd, 0, 0, { exclusive: false, immediate: true });
-    return null;
-  } catch {
-    return fs.readFileSync(fd, 'utf8').trim();
+    return tryLock(fd, { shared: true }) ? null : fs.readFileSync(fd, 'utf8').trim();
   } finally {
     fs.closeSync(fd);
   }

@@ -3,7 +3,6 @@
 // told to stop. Every operator mistake becomes a StartupError: one line, an exit code.
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import * as osLock from 'os-lock';
 import type { SMTPServer } from 'smtp-server';
 import { AccountDirectory } from './accounts/directory';
 import path from 'node:path';
@@ -14,6 +13,7 @@ import { sweepStaleLocks } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
+import { tryLock } from './system/fcntl';
 import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
 
@@ -157,14 +157,9 @@ async function lockPidFile(queueDir: string): Promise<number> {
   try {
     // mta-queue tests for a running mtad with a shared lock held for an instant: outwait it.
     const deadline = Date.now() + 500;
-    for (;;) {
-      try {
-        await osLock.lock(fd, { exclusive: true, immediate: true });
-        break;
-      } catch (err) {
-        if (Date.now() >= deadline) throw err;
-        await new Promise((r) => setTimeout(r, 20));
-      }
+    while (!tryLock(fd)) {
+      if (Date.now() >= deadline) throw new Error('locked');
+      await new Promise((r) => setTimeout(r, 20));
     }
   } catch {
     const other = fs.readFileSync(file, 'utf8').trim();

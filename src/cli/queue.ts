@@ -3,7 +3,7 @@
 // change is made under the message's lock (src/queue/control.ts), then mtad is
 // told through <queue>/control/ and re-reads the message itself.
 import fs from 'node:fs';
-import * as osLock from 'os-lock';
+import { tryLock } from '../system/fcntl';
 import { describeErrno, loadConfig } from '../config';
 import { quietLog } from '../log';
 import { FLUSH, lockFile, MessageLocks, sendRequest } from '../queue/control';
@@ -130,9 +130,11 @@ async function mtadRunning(queueDir: string): Promise<boolean> {
   } catch {
     return false;
   }
-  return osLock.lock(fd, 0, 0, { exclusive: false, immediate: true })
-    .then(() => false, () => true)
-    .finally(() => fs.closeSync(fd));
+  try {
+    return !tryLock(fd, { shared: true });
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Root writing into the queue must leave files that the daemon's user (the queue's owner) can rewrite. */

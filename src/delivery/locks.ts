@@ -9,8 +9,8 @@
 // start-up by sweepStaleLocks.
 import fs from 'node:fs';
 import path from 'node:path';
-import * as osLock from 'os-lock';
 import lockfile from 'proper-lockfile';
+import { tryLock } from '../system/fcntl';
 
 export class LockTimeout extends Error {
   constructor(readonly which: 'fcntl' | 'dotlock', mailbox: string) {
@@ -32,21 +32,12 @@ async function poll(attempt: () => Promise<boolean>, deadline: number): Promise<
 }
 
 /**
- * Takes the exclusive fcntl lock on an open descriptor. It is released when the
- * descriptor is closed, or when any other descriptor of the same file in this
- * process is closed: never open a locked mailbox twice.
+ * Takes the exclusive fcntl lock on an open descriptor; it goes when the
+ * descriptor is closed. (An open-file-description lock: a second descriptor of
+ * the mailbox in this process would conflict with it, not drop it.)
  */
 export async function lockFcntl(fd: number, mailbox: string, deadline: number): Promise<void> {
-  const ok = await poll(async () => {
-    try {
-      await osLock.lock(fd, { exclusive: true, immediate: true });
-      return true;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN' || code === 'EACCES' || code === 'EWOULDBLOCK') return false;
-      throw err;
-    }
-  }, deadline);
+  const ok = await poll(async () => tryLock(fd), deadline);
   if (!ok) throw new LockTimeout('fcntl', mailbox);
 }
 

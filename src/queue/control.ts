@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
-import * as osLock from 'os-lock';
+import { tryLock, unlock } from '../system/fcntl';
 import { Queue } from './queue';
 
 export const FLUSH = 'flush';
@@ -39,13 +39,7 @@ export class MessageLocks {
     const fd = await this.open();
     let pause = 5;
     for (;;) {
-      try {
-        await osLock.lock(fd, offset(id), 1, { exclusive: true, immediate: true });
-        return true;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'EAGAIN' && code !== 'EACCES' && code !== 'EWOULDBLOCK') throw err;
-      }
+      if (tryLock(fd, { offset: offset(id), length: 1 })) return true;
       if (Date.now() >= deadline) return false;
       await sleep(Math.min(pause, Math.max(1, deadline - Date.now())));
       pause = Math.min(100, pause * 2);
@@ -53,7 +47,7 @@ export class MessageLocks {
   }
 
   async unlock(id: string): Promise<void> {
-    await osLock.unlock(await this.open(), offset(id), 1);
+    unlock(await this.open(), offset(id), 1);
   }
 
   async close(): Promise<void> {
