@@ -7,6 +7,7 @@
 //
 //   npm run bench [-- OPTIONS]
 //     --vs-postfix          also run the matrix against the peers' Postfix and the sink ceiling
+//     --targets "mtad postfix sink"   choose the servers (default mtad; all three with --vs-postfix)
 //     --runs N              runs per cell, medians reported (RUNS, default 3)
 //     --secs S              seconds of load per run (SECS, default 2)
 //     --sessions "1 10 50"  --sizes "1024 102400"  --rcpts "1 5"  --conns "new reuse"
@@ -14,6 +15,7 @@
 //     --no-memory / --only-memory
 //     --out FILE            one JSON line per run and per cell
 //     --peers DIR           copy of ../shared/peers (default /tmp/peers, copied there if missing)
+//   env: MTAD_BIN=<path of another bin/mtad> for A/B runs, MTAD_NODE_ARGS="--cpu-prof ..." to profile
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -75,6 +77,23 @@ function status(pid) {
 // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0), so each
 // cell gets its own peak.
 function resetPeak(pid) { try { fs.writeFileSync(`/proc/${pid}/clear_refs`, '5'); } catch { /* not ours to reset */ } }
+/** CPU ticks (user + system, own + reaped children) of a process. */
+function procTicks(pid) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  } catch { return 0; }
+}
+const treeTicks = (root) => treePids(root).reduce((n, p) => n + procTicks(p), 0);
+/** Busy and total ticks of the whole machine. */
+function machineTicks() {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { total, busy: total - f[3] - f[4] };
+}
+const TICK_MS = 1000 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim() || 100);
+
 function treePids(root) {
   const kids = new Map();
   for (const d of fs.readdirSync('/proc')) {
@@ -205,7 +224,12 @@ class Client {
   read() {
     if (this.replies.length) return Promise.resolve(this.replies.shift());
     if (this.dead) return Promise.reject(this.dead);
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    // A server that stops answering must not hang the bench.
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => this.fail(new Error('no reply in 60 s')), 60000);
+      const done = (f) => (v) => { clearTimeout(t); f(v); };
+      this.waiters.push({ resolve: done(resolve), reject: done(reject) });
+    });
   }
   async cmd(line, want) {
     this.sock.write(line + '\r\n');
@@ -297,8 +321,9 @@ function chownNobody(p) {
 }
 
 async function startMtad(extraEnv = {}) {
-  const bin = path.join(ROOT, 'bin', 'mtad');
-  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'mtad.js'))) throw new Error('mtad is not built: run npm run build');
+  // MTAD_BIN: another build of mtad (e.g. a copy of the previous commit) for A/B runs.
+  const bin = process.env.MTAD_BIN || path.join(ROOT, 'bin', 'mtad');
+  if (!process.env.MTAD_BIN && !fs.existsSync(path.join(ROOT, 'dist', 'cli', 'mtad.js'))) throw new Error('mtad is not built: run npm run build');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-'));
   fs.chmodSync(dir, 0o755);
   const spool = path.join(dir, 'spool');
@@ -405,6 +430,9 @@ async function oneRun(t, cell, scanner, rate) {
       await sleep(500);
     }
   })();
+  const srv0 = treeTicks(t.pid);
+  const me0 = procTicks(process.pid);
+  const m0 = machineTicks();
   const d = CLIENT === 'smtp-source' ? await driveSmtpSource(t.port, { ...cell, rate }) : await drive(t.port, cell);
   if (!d) { sampling = false; await sampler; return null; }
   let tDel = NaN;
@@ -422,6 +450,10 @@ async function oneRun(t, cell, scanner, rate) {
   }
   sampling = false;
   await sampler;
+  const srv = treeTicks(t.pid) - srv0;
+  const me = procTicks(process.pid) - me0;
+  const m1 = machineTicks();
+  const other = Math.max(0, (m1.busy - m0.busy) - srv - me);
   const peakKiB = t.peak === 'hwm' ? status(t.pid).hwm : treePeak;
   const lat = [...d.lat].sort((a, b) => a - b);
   const n = d.accepted.length;
@@ -430,7 +462,10 @@ async function oneRun(t, cell, scanner, rate) {
     acc: n / ((d.t1 - d.t0) / 1000),
     del: scanner ? n / ((tDel - d.t0) / 1000) : NaN,
     p50: pct(lat, 0.5), p99: pct(lat, 0.99),
-    rssMiB: peakKiB / 1024, verify, errors: d.errors.length, firstError: d.errors[0],
+    rssMiB: peakKiB / 1024, verify,
+    // CPU of the server per message (ms): steadier than msg/s on a shared machine
+    cpuMs: d.accepted.length ? (srv * TICK_MS) / d.accepted.length : NaN,
+    otherPct: m1.total > m0.total ? (100 * other) / (m1.total - m0.total) : NaN, errors: d.errors.length, firstError: d.errors[0],
   };
 }
 
@@ -455,13 +490,13 @@ async function runMatrix(t) {
     if (!runs.length) continue;
     const m = (k) => median(runs.map((r) => r[k]));
     const s = {
-      target: t.name, ...cell, M: m('M'), acc: m('acc'), del: m('del'), p50: m('p50'), p99: m('p99'), rssMiB: m('rssMiB'),
+      target: t.name, ...cell, M: m('M'), acc: m('acc'), del: m('del'), p50: m('p50'), p99: m('p99'), rssMiB: m('rssMiB'), cpuMs: m('cpuMs'), otherPct: Math.max(...runs.map((r) => r.otherPct)),
       verify: runs.every((r) => r.verify.startsWith('ok')) ? 'ok' : runs.every((r) => r.verify === 'n/a') ? 'n/a' : runs.map((r) => r.verify).find((v) => !v.startsWith('ok')),
       errors: runs.reduce((a, r) => a + r.errors, 0), firstError: runs.find((r) => r.firstError)?.firstError,
     };
     record({ cell: s });
     res.set(key(cell), s);
-    process.stderr.write(`  ${t.name} ${cell.conn} S=${cell.S} L=${cell.L} rcpt=${cell.K}: acc ${s.acc.toFixed(0)}/s del ${Number.isNaN(s.del) ? '-' : s.del.toFixed(0)}/s p50 ${s.p50.toFixed(2)}ms ${s.verify}${s.errors ? ` errors ${s.errors}: ${s.firstError}` : ''}\n`);
+    process.stderr.write(`  ${t.name} ${cell.conn} S=${cell.S} L=${cell.L} rcpt=${cell.K}: acc ${s.acc.toFixed(0)}/s del ${Number.isNaN(s.del) ? '-' : s.del.toFixed(0)}/s p50 ${s.p50.toFixed(2)}ms cpu ${s.cpuMs.toFixed(3)}ms/msg other ${s.otherPct.toFixed(0)}% ${s.verify}${s.errors ? ` errors ${s.errors}: ${s.firstError}` : ''}\n`);
   }
   return res;
 }
@@ -529,9 +564,9 @@ function printTables(results) {
   const pf = results.get('postfix');
   const sink = results.get('sink');
   console.log(`\n## mtad benchmark (${new Date().toISOString()}, ${os.cpus().length} CPUs, node ${process.version}, runs=${RUNS} × ${SECS}s, client=${CLIENT})`);
-  console.log('medians of the runs; delivered = found in the mbox files, each message verified present exactly once per recipient; latency = end of DATA to the 250; RSS = peak of mtad (VmHWM), Postfix: peak sum over its processes (sampled)\n');
-  const head = ['conn', 'S', 'size', 'rcpts', 'mtad acc/s', 'mtad del/s', 'p50 ms', 'p99 ms', 'RSS MiB', 'verify'];
-  if (pf) head.push('Postfix del/s', 'Postfix p50 ms', 'Postfix RSS MiB', 'Postfix verify', 'mtad/Postfix');
+  console.log('medians of the runs; delivered = found in the mbox files, each message verified present exactly once per recipient; latency = end of DATA to the 250; RSS = peak of mtad (VmHWM), Postfix: peak sum over its processes (sampled); CPU ms/msg = server CPU time (user+sys, all its processes) per message; other load = CPU used by neither server nor this driver (other jobs on the machine), worst run\n');
+  const head = ['conn', 'S', 'size', 'rcpts', 'mtad acc/s', 'mtad del/s', 'p50 ms', 'p99 ms', 'RSS MiB', 'CPU ms/msg', 'other load %', 'verify'];
+  if (pf) head.push('Postfix del/s', 'Postfix p50 ms', 'Postfix RSS MiB', 'Postfix CPU ms/msg', 'Postfix verify', 'mtad/Postfix');
   if (sink) head.push('sink acc/s', 'mtad/sink');
   console.log(`| ${head.join(' | ')} |`);
   console.log(`|${head.map(() => '---').join('|')}|`);
@@ -539,8 +574,8 @@ function printTables(results) {
     const k = key(cell);
     const m = mtad?.get(k);
     if (!m) continue;
-    const row = [cell.conn, cell.S, sizeLabel(cell.L), cell.K, f0(m.acc), f0(m.del), f2(m.p50), f2(m.p99), f0(m.rssMiB), m.verify + (m.errors ? ` (${m.errors} err)` : '')];
-    if (pf) { const p = pf.get(k); row.push(f0(p?.del), f2(p?.p50), f0(p?.rssMiB), p ? p.verify + (p.errors ? ` (${p.errors} err)` : '') : '-', ratio(m.del, p?.del)); }
+    const row = [cell.conn, cell.S, sizeLabel(cell.L), cell.K, f0(m.acc), f0(m.del), f2(m.p50), f2(m.p99), f0(m.rssMiB), f2(m.cpuMs), f0(m.otherPct), m.verify + (m.errors ? ` (${m.errors} err)` : '')];
+    if (pf) { const p = pf.get(k); row.push(f0(p?.del), f2(p?.p50), f0(p?.rssMiB), f2(p?.cpuMs), p ? p.verify + (p.errors ? ` (${p.errors} err)` : '') : '-', ratio(m.del, p?.del)); }
     if (sink) { const s = sink.get(k); row.push(f0(s?.acc), ratio(m.del, s?.acc)); }
     console.log(`| ${row.join(' | ')} |`);
   }
@@ -588,8 +623,9 @@ async function main() {
   process.on('SIGINT', () => { void stopAll().then(() => process.exit(130)); });
   try {
     if (MATRIX) {
-      const targets = [['mtad', () => startMtad()]];
-      if (VS_POSTFIX) targets.push(['postfix', startPostfix], ['sink', startSink]);
+      const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink };
+      const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink' : 'mtad'));
+      const targets = names.map((n) => { if (!all[n]) throw new Error(`unknown target ${n}`); return [n, all[n]]; });
       for (const [name, start] of targets) {
         process.stderr.write(`# ${name} ${new Date().toISOString()}\n`);
         const t = await start();
