@@ -337,8 +337,10 @@ async function startMtad(extraEnv = {}) {
   const logFd = fs.openSync(logFile, 'w');
   const env = {
     PATH: process.env.PATH, HOME: process.env.HOME, MTAD_CONFIG: '/dev/null',
-    MTAD_HOST: HOST, MTAD_PORT: '0', MTAD_HOSTNAME: DOMAIN, MTAD_DOMAINS: DOMAIN,
+    MTAD_HOST: HOST, MTAD_PORT: String(await freePort()), MTAD_HOSTNAME: DOMAIN, MTAD_DOMAINS: DOMAIN,
     MTAD_SPOOL_DIR: spool, MTAD_USERS_FILE: users, MTAD_ALIASES_FILE: path.join(dir, 'aliases'),
+    // MTAD_EXTRA_ENV="K=V K2=V2": more settings for mtad, e.g. MTAD_LOG_LEVEL=warn to see what logging costs
+    ...Object.fromEntries(list(process.env.MTAD_EXTRA_ENV || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
     ...extraEnv,
   };
   const nodeArgs = process.env.MTAD_NODE_ARGS ? list(process.env.MTAD_NODE_ARGS) : [];
@@ -346,13 +348,14 @@ async function startMtad(extraEnv = {}) {
   fs.closeSync(logFd);
   let exited = false;
   proc.on('exit', () => { exited = true; });
-  let port = 0;
-  for (let i = 0; i < 300 && !port && !exited; i++) {
+  // The port is chosen here rather than read from the log, so that any log level works.
+  const port = Number(env.MTAD_PORT);
+  let up = false;
+  for (let i = 0; i < 300 && !up && !exited; i++) {
     await sleep(50);
-    const m = /listening on \S+:(\d+)/.exec(fs.readFileSync(logFile, 'utf8'));
-    if (m) port = Number(m[1]);
+    up = await canConnect(port);
   }
-  if (!port) { proc.kill(); throw new Error(`mtad did not start:\n${fs.readFileSync(logFile, 'utf8')}`); }
+  if (!up) { proc.kill(); throw new Error(`mtad did not start:\n${fs.readFileSync(logFile, 'utf8')}`); }
   return {
     name: 'mtad', port, pid: proc.pid, spool, dir, logFile,
     mailboxDir: spool,
@@ -363,6 +366,18 @@ async function startMtad(extraEnv = {}) {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function canConnect(port) {
+  return new Promise((r) => { const s = net.connect({ host: HOST, port }, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, HOST, () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
 }
 
 function ensurePeers() {
@@ -403,11 +418,7 @@ async function startSink() {
   const proc = spawn(process.execPath, [path.join(ceiling, 'server.js'), 'sink', String(SINK_PORT)], {
     env: { ...process.env, GREETING_DELAY_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
   });
-  for (let i = 0; i < 100; i++) {
-    await sleep(50);
-    const ok = await new Promise((r) => { const s = net.connect({ host: HOST, port: SINK_PORT }, () => { s.destroy(); r(true); }); s.on('error', () => r(false)); });
-    if (ok) break;
-  }
+  for (let i = 0; i < 100 && !(await canConnect(SINK_PORT)); i++) await sleep(50);
   return {
     name: 'sink', port: SINK_PORT, pid: proc.pid, mailboxDir: null, peak: 'hwm',
     async quiesce() {},
@@ -476,27 +487,36 @@ function cells() {
 }
 const key = (c) => `${c.conn}|${c.L}|${c.K}|${c.S}`;
 
-async function runMatrix(t) {
-  const scanner = t.mailboxDir ? new Scanner(t.mailboxDir) : null;
-  const res = new Map();
+// All servers run side by side; each cell's runs alternate between them (mtad,
+// Postfix, sink, mtad, ...) so that the load of other jobs on a shared machine
+// falls on all of them alike and the ratios stay meaningful.
+async function runMatrix(targets) {
+  const scanners = new Map(targets.map((t) => [t, t.mailboxDir ? new Scanner(t.mailboxDir) : null]));
+  const res = new Map(targets.map((t) => [t.name, new Map()]));
   for (const cell of cells()) {
-    const runs = [];
+    const runs = new Map(targets.map((t) => [t, []]));
     for (let i = 0; i < RUNS; i++) {
-      const r = await oneRun(t, cell, scanner, runs.length ? runs[runs.length - 1].acc : 0);
-      if (!r) break;
-      record({ run: i + 1, ...r });
-      runs.push(r);
+      for (const t of targets) {
+        const prev = runs.get(t);
+        const r = await oneRun(t, cell, scanners.get(t), prev.length ? prev[prev.length - 1].acc : 0);
+        if (!r) continue;
+        record({ run: i + 1, ...r });
+        prev.push(r);
+      }
     }
-    if (!runs.length) continue;
-    const m = (k) => median(runs.map((r) => r[k]));
-    const s = {
-      target: t.name, ...cell, M: m('M'), acc: m('acc'), del: m('del'), p50: m('p50'), p99: m('p99'), rssMiB: m('rssMiB'), cpuMs: m('cpuMs'), otherPct: Math.max(...runs.map((r) => r.otherPct)),
-      verify: runs.every((r) => r.verify.startsWith('ok')) ? 'ok' : runs.every((r) => r.verify === 'n/a') ? 'n/a' : runs.map((r) => r.verify).find((v) => !v.startsWith('ok')),
-      errors: runs.reduce((a, r) => a + r.errors, 0), firstError: runs.find((r) => r.firstError)?.firstError,
-    };
-    record({ cell: s });
-    res.set(key(cell), s);
-    process.stderr.write(`  ${t.name} ${cell.conn} S=${cell.S} L=${cell.L} rcpt=${cell.K}: acc ${s.acc.toFixed(0)}/s del ${Number.isNaN(s.del) ? '-' : s.del.toFixed(0)}/s p50 ${s.p50.toFixed(2)}ms cpu ${s.cpuMs.toFixed(3)}ms/msg other ${s.otherPct.toFixed(0)}% ${s.verify}${s.errors ? ` errors ${s.errors}: ${s.firstError}` : ''}\n`);
+    for (const t of targets) {
+      const rs = runs.get(t);
+      if (!rs.length) continue;
+      const m = (k) => median(rs.map((r) => r[k]));
+      const s = {
+        target: t.name, ...cell, M: m('M'), acc: m('acc'), del: m('del'), p50: m('p50'), p99: m('p99'), rssMiB: m('rssMiB'), cpuMs: m('cpuMs'), otherPct: Math.max(...rs.map((r) => r.otherPct)),
+        verify: rs.every((r) => r.verify.startsWith('ok')) ? 'ok' : rs.every((r) => r.verify === 'n/a') ? 'n/a' : rs.map((r) => r.verify).find((v) => !v.startsWith('ok')),
+        errors: rs.reduce((a, r) => a + r.errors, 0), firstError: rs.find((r) => r.firstError)?.firstError,
+      };
+      record({ cell: s });
+      res.get(t.name).set(key(cell), s);
+      process.stderr.write(`  ${t.name} ${cell.conn} S=${cell.S} L=${cell.L} rcpt=${cell.K}: acc ${s.acc.toFixed(0)}/s del ${Number.isNaN(s.del) ? '-' : s.del.toFixed(0)}/s p50 ${s.p50.toFixed(2)}ms cpu ${s.cpuMs.toFixed(3)}ms/msg other ${s.otherPct.toFixed(0)}% ${s.verify}${s.errors ? ` errors ${s.errors}: ${s.firstError}` : ''}\n`);
+    }
   }
   return res;
 }
@@ -626,14 +646,10 @@ async function main() {
       const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink };
       const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink' : 'mtad'));
       const targets = names.map((n) => { if (!all[n]) throw new Error(`unknown target ${n}`); return [n, all[n]]; });
-      for (const [name, start] of targets) {
-        process.stderr.write(`# ${name} ${new Date().toISOString()}\n`);
-        const t = await start();
-        started.push(t);
-        results.set(name, await runMatrix(t));
-        await t.stop();
-        started.splice(started.indexOf(t), 1);
-      }
+      for (const [, start] of targets) started.push(await start());
+      process.stderr.write(`# matrix: ${names.join(', ')} ${new Date().toISOString()}\n`);
+      for (const [name, r] of await runMatrix([...started])) results.set(name, r);
+      await stopAll();
     }
     if (MEMORY) {
       process.stderr.write(`# memory ${new Date().toISOString()}\n`);
