@@ -7,7 +7,8 @@
 //
 //   npm run bench [-- OPTIONS]
 //     --vs-postfix          also run the matrix against the peers' Postfix and the sink ceiling
-//     --targets "mtad postfix sink"   choose the servers (default mtad; all three with --vs-postfix)
+//     --targets "mtad postfix sink agroup"   choose the servers (default mtad; --vs-postfix: all four);
+//                           agroup = the peers' adaptive group commit server (append+fsync, one file, no locks)
 //     --runs N              runs per cell, medians reported (RUNS, default 3)
 //     --secs S              seconds of load per run (SECS, default 2)
 //     --sessions "1 10 50"  --sizes "1024 102400"  --rcpts "1 5"  --conns "new reuse"
@@ -54,6 +55,7 @@ const OUT = opt('out', process.env.OUT || '');
 const PEERS = path.resolve(opt('peers', process.env.PEERS_DIR || '/tmp/peers'));
 const PF_PORT = Number(opt('postfix-port', 2525));
 const SINK_PORT = Number(opt('sink-port', 2604));
+const AGROUP_PORT = Number(opt('agroup-port', 2607));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const now = () => Number(process.hrtime.bigint()) / 1e6; // ms
@@ -409,22 +411,34 @@ async function startPostfix() {
   };
 }
 
-async function startSink() {
+async function startCeiling(mode, port) {
   ensurePeers();
   const ceiling = path.join(PEERS, 'node-ceiling');
   if (!fs.existsSync(path.join(ceiling, 'node_modules', 'smtp-server'))) {
     execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: ceiling, stdio: ['ignore', 'ignore', 'inherit'] });
   }
-  const proc = spawn(process.execPath, [path.join(ceiling, 'server.js'), 'sink', String(SINK_PORT)], {
-    env: { ...process.env, GREETING_DELAY_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
+  const dir = mode === 'sink' ? null : fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-agroup-'));
+  const proc = spawn(process.execPath, [path.join(ceiling, 'server.js'), mode, String(port), ...(dir ? [dir] : [])], {
+    env: { ...process.env, GREETING_DELAY_MS: '0', GROUP_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
   });
-  for (let i = 0; i < 100 && !(await canConnect(SINK_PORT)); i++) await sleep(50);
+  for (let i = 0; i < 100 && !(await canConnect(port)); i++) await sleep(50);
   return {
-    name: 'sink', port: SINK_PORT, pid: proc.pid, mailboxDir: null, peak: 'hwm',
+    name: mode === 'sink' ? 'sink' : 'agroup', port, pid: proc.pid, mailboxDir: dir, peak: 'hwm',
+    // one append per message into all.mbox, whatever the recipients
+    mailboxesFor: () => ['all.mbox'],
     async quiesce() {},
-    async stop() { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); },
+    async stop() {
+      proc.kill('SIGTERM');
+      await new Promise((r) => proc.once('exit', r));
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
+const startSink = () => startCeiling('sink', SINK_PORT);
+// The peers' adaptive group commit (append + fsync of whatever arrived during the
+// previous fsync, one file, no locks): the ceiling of a careful Node MTA here.
+const startAgroup = () => startCeiling('group', AGROUP_PORT);
+
 
 // ---- one run of one cell ---------------------------------------------------------------------------
 async function oneRun(t, cell, scanner, rate) {
@@ -448,9 +462,9 @@ async function oneRun(t, cell, scanner, rate) {
   if (!d) { sampling = false; await sampler; return null; }
   let tDel = NaN;
   let verify = 'n/a';
-  const mailboxes = USERS.slice(0, cell.K);
+  const mailboxes = t.mailboxesFor ? t.mailboxesFor(cell.K) : USERS.slice(0, cell.K);
   if (scanner) {
-    const want = d.accepted.length * cell.K;
+    const want = d.accepted.length * mailboxes.length;
     const limit = now() + 300000;
     while (scanner.scan() < want && now() < limit) await sleep(10);
     if (scanner.total >= want) tDel = now();
@@ -583,11 +597,13 @@ function printTables(results) {
   const mtad = results.get('mtad');
   const pf = results.get('postfix');
   const sink = results.get('sink');
+  const agroup = results.get('agroup');
   console.log(`\n## mtad benchmark (${new Date().toISOString()}, ${os.cpus().length} CPUs, node ${process.version}, runs=${RUNS} × ${SECS}s, client=${CLIENT})`);
   console.log('medians of the runs; delivered = found in the mbox files, each message verified present exactly once per recipient; latency = end of DATA to the 250; RSS = peak of mtad (VmHWM), Postfix: peak sum over its processes (sampled); CPU ms/msg = server CPU time (user+sys, all its processes) per message; other load = CPU used by neither server nor this driver (other jobs on the machine), worst run\n');
   const head = ['conn', 'S', 'size', 'rcpts', 'mtad acc/s', 'mtad del/s', 'p50 ms', 'p99 ms', 'RSS MiB', 'CPU ms/msg', 'other load %', 'verify'];
   if (pf) head.push('Postfix del/s', 'Postfix p50 ms', 'Postfix RSS MiB', 'Postfix CPU ms/msg', 'Postfix verify', 'mtad/Postfix');
   if (sink) head.push('sink acc/s', 'mtad/sink');
+  if (agroup) head.push('group-commit del/s', 'mtad/group-commit');
   console.log(`| ${head.join(' | ')} |`);
   console.log(`|${head.map(() => '---').join('|')}|`);
   for (const cell of cells()) {
@@ -597,6 +613,7 @@ function printTables(results) {
     const row = [cell.conn, cell.S, sizeLabel(cell.L), cell.K, f0(m.acc), f0(m.del), f2(m.p50), f2(m.p99), f0(m.rssMiB), f2(m.cpuMs), f0(m.otherPct), m.verify + (m.errors ? ` (${m.errors} err)` : '')];
     if (pf) { const p = pf.get(k); row.push(f0(p?.del), f2(p?.p50), f0(p?.rssMiB), f2(p?.cpuMs), p ? p.verify + (p.errors ? ` (${p.errors} err)` : '') : '-', ratio(m.del, p?.del)); }
     if (sink) { const s = sink.get(k); row.push(f0(s?.acc), ratio(m.del, s?.acc)); }
+    if (agroup) { const g = agroup.get(k); row.push(f0(g?.del), ratio(m.del, g?.del)); }
     console.log(`| ${row.join(' | ')} |`);
   }
 }
@@ -643,8 +660,8 @@ async function main() {
   process.on('SIGINT', () => { void stopAll().then(() => process.exit(130)); });
   try {
     if (MATRIX) {
-      const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink };
-      const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink' : 'mtad'));
+      const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink, agroup: startAgroup };
+      const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink agroup' : 'mtad'));
       const targets = names.map((n) => { if (!all[n]) throw new Error(`unknown target ${n}`); return [n, all[n]]; });
       for (const [, start] of targets) started.push(await start());
       process.stderr.write(`# matrix: ${names.join(', ')} ${new Date().toISOString()}\n`);
