@@ -264,6 +264,7 @@ async function drive(port, { S, L, K, conn, secs }) {
   const errors = [];
   let seq = 0;
   const t0 = now();
+  const wall0 = Date.now();
   const deadline = t0 + secs * 1000;
   const session = async () => {
     let c = null;
@@ -300,7 +301,7 @@ async function drive(port, { S, L, K, conn, secs }) {
     if (c) { await c.cmd('QUIT').catch(() => undefined); c.close(); }
   };
   await Promise.all(Array.from({ length: S }, session));
-  return { accepted, lat, errors, t0, t1: now() };
+  return { accepted, lat, errors, t0, wall0, t1: now() };
 }
 
 /** Postfix's smtp-source instead of our client: count-only (its messages are all alike), one recipient. */
@@ -309,10 +310,11 @@ async function driveSmtpSource(port, { S, L, K, conn, secs, rate }) {
   const M = Math.max(S * 5, Math.round((rate || 100 * S) * secs));
   const args = [...(conn === 'reuse' ? ['-d'] : []), '-s', String(S), '-m', String(M), '-l', String(L), '-f', SENDER, '-t', `user1@${DOMAIN}`, `${HOST}:${port}`];
   const t0 = now();
+  const wall0 = Date.now();
   const r = spawnSync('smtp-source', args, { encoding: 'utf8' });
   const t1 = now();
   const errors = r.status === 0 ? [] : [String(r.stderr).trim().split('\n').pop()];
-  return { accepted: Array(M).fill(null), lat: [], errors, t0, t1, countOnly: true };
+  return { accepted: Array(M).fill(null), lat: [], errors, t0, wall0, t1, countOnly: true };
 }
 
 // ---- targets ---------------------------------------------------------------------------------
@@ -467,7 +469,12 @@ async function oneRun(t, cell, scanner, rate) {
     const want = d.accepted.length * mailboxes.length;
     const limit = now() + 300000;
     while (scanner.scan() < want && now() < limit) await sleep(10);
-    if (scanner.total >= want) tDel = now();
+    // Delivered = when the last entry was written (newest mtime of the mailboxes),
+    // not when this scan got through them: reading 100s of MiB takes a while.
+    if (scanner.total >= want) {
+      const last = Math.max(...mailboxes.map((mb) => { try { return fs.statSync(path.join(scanner.dir, mb)).mtimeMs; } catch { return -Infinity; } }));
+      tDel = d.t0 + (last - d.wall0);
+    }
     await t.quiesce();
     await sleep(200);
     scanner.scan();
