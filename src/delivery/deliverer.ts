@@ -4,7 +4,7 @@
 // That is where a busy single mailbox is won.
 import path from 'node:path';
 import { log } from '../log';
-import { appendEntries, Body, DeliveryError, Entry } from './mailbox';
+import { Body, DeliveryError, Entry, LockedMailbox } from './mailbox';
 import { ENTRY_SUFFIX, entryPrefix } from './mbox';
 
 export interface Delivery {
@@ -23,10 +23,18 @@ interface Waiting {
 interface MailboxWriter {
   waiting: Waiting[];
   running: boolean;
+  /** Set while the writer lingers on a locked, idle mailbox: a new delivery calls it. */
+  wake?: () => void;
 }
 
 const MAX_BATCH_ENTRIES = 512;
 const MAX_BATCH_BYTES = 32 * 1024 * 1024;
+// A busy mailbox stays locked across batches for at most this long, then is
+// released so that mail readers waiting for it get their turn.
+const MAX_HOLD_MS = 100;
+// Under load the next message is usually a few ms away, and taking the locks
+// again costs far more than an fsync: wait this long for it before releasing.
+const LINGER_MS = 5;
 
 export interface DelivererOptions {
   spoolDir: string;
@@ -53,6 +61,7 @@ export class Deliverer {
       }
       w.waiting.push({ delivery, resolve });
       if (!w.running) void this.run(mailbox, w);
+      else w.wake?.();
     });
   }
 
@@ -71,32 +80,62 @@ export class Deliverer {
     this.active++;
     try {
       while (w.waiting.length) {
-        const batch = takeBatch(w.waiting);
-        const now = new Date();
-        const entries: Entry[] = batch.map(({ delivery: d }) => ({
-          prefix: entryPrefix(d.sender, d.deliveredTo, now),
-          body: d.body,
-          suffix: ENTRY_SUFFIX,
-        }));
-        let outcome: Outcome;
+        let mb: LockedMailbox;
         try {
-          await appendEntries(this.mailboxPath(mailbox), entries, {
+          mb = await LockedMailbox.open(this.mailboxPath(mailbox), {
             deadline: Date.now() + this.opts.lockTimeoutMs,
             createMode: this.opts.createMode,
             intentFile: path.join(this.opts.intentDir, mailbox),
             onLockCompromised: (err) => log.warn(`dotlock of mailbox ${mailbox} compromised: ${err.message}`),
           });
-          outcome = { ok: true };
         } catch (err) {
-          outcome = { ok: false, error: err as DeliveryError };
+          const outcome: Outcome = { ok: false, error: err as DeliveryError };
+          for (const b of takeBatch(w.waiting)) b.resolve(outcome);
+          continue;
         }
-        for (const b of batch) b.resolve(outcome);
+        // Batches taken once the lock is held, so that what arrived meanwhile goes in too.
+        const held = Date.now();
+        try {
+          do {
+            const batch = takeBatch(w.waiting);
+            const now = new Date();
+            const entries: Entry[] = batch.map(({ delivery: d }) => ({
+              prefix: entryPrefix(d.sender, d.deliveredTo, now),
+              body: d.body,
+              suffix: ENTRY_SUFFIX,
+            }));
+            let outcome: Outcome;
+            try {
+              await mb.append(entries);
+              outcome = { ok: true };
+            } catch (err) {
+              outcome = { ok: false, error: err as DeliveryError };
+            }
+            for (const b of batch) b.resolve(outcome);
+            if (!outcome.ok) break;
+          } while (await this.more(w, held));
+        } finally {
+          await mb.close();
+        }
       }
     } finally {
       w.running = false;
+      w.wake = undefined;
       this.writers.delete(mailbox);
       if (--this.active === 0) this.idleWaiters.splice(0).forEach((r) => r());
     }
+  }
+
+  /** Whether to append again under the locks held since `held`, waiting briefly for a next delivery. */
+  private async more(w: MailboxWriter, held: number): Promise<boolean> {
+    if (Date.now() - held >= MAX_HOLD_MS) return false;
+    if (w.waiting.length) return true;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, LINGER_MS);
+      w.wake = () => { clearTimeout(t); resolve(); };
+    });
+    w.wake = undefined;
+    return w.waiting.length > 0 && Date.now() - held < MAX_HOLD_MS;
   }
 }
 

@@ -86,17 +86,21 @@ export class MboxEncoder {
   private pendingCR = false;
   private lastByte = LF;
   private written = 0;
+  // Output of the current push: one buffer per chunk, filled by copying. A view
+  // per line (thousands per 100 KiB message) cost more than the copy.
+  private buf: Buffer = Buffer.alloc(0);
+  private pos = 0;
 
   /** Bytes produced so far. */
   get size(): number { return this.written; }
 
   push(chunk: Buffer): Buffer[] {
-    const out: Buffer[] = [];
     let i = 0;
     const n = chunk.length;
+    this.begin(n + 16);
     if (this.pendingCR && n > 0) {
       this.pendingCR = false;
-      if (chunk[0] !== LF) this.emit(out, Buffer.from([CR]));
+      if (chunk[0] !== LF) this.emitByte(CR);
     }
     while (i < n) {
       if (this.atLineStart) {
@@ -105,52 +109,80 @@ export class MboxEncoder {
         if (b === FROM[this.fromMatched]) {
           i++;
           if (++this.fromMatched === FROM.length) {
-            this.emit(out, Buffer.concat([Buffer.alloc(this.gts + 1, GT), FROM]));
+            for (let k = 0; k <= this.gts; k++) this.emitByte(GT);
+            this.emitRange(FROM, 0, FROM.length);
             this.gts = 0; this.fromMatched = 0; this.atLineStart = false;
           }
           continue;
         }
-        this.flushLineStart(out);
+        this.flushLineStart();
         continue;
       }
       const lf = chunk.indexOf(LF, i);
       if (lf >= 0) {
         const end = lf > i && chunk[lf - 1] === CR ? lf - 1 : lf;
-        if (end > i) this.emit(out, chunk.subarray(i, end));
-        this.emit(out, LF_BUF);
+        this.emitRange(chunk, i, end);
+        this.emitByte(LF);
         i = lf + 1;
         this.atLineStart = true;
       } else {
         let end = n;
         if (chunk[n - 1] === CR) { end--; this.pendingCR = true; }
-        if (end > i) this.emit(out, chunk.subarray(i, end));
+        this.emitRange(chunk, i, end);
         i = n;
       }
     }
-    return out;
+    return this.finish();
   }
 
   /** Ends the message: whatever was held back, and a final LF if the last line had none. */
   end(): Buffer[] {
-    const out: Buffer[] = [];
-    if (this.atLineStart) this.flushLineStart(out);
-    if (this.pendingCR) { this.pendingCR = false; this.emit(out, Buffer.from([CR])); }
-    if (this.lastByte !== LF) this.emit(out, LF_BUF);
-    return out;
+    this.begin(this.gts + FROM.length + 2);
+    if (this.atLineStart) this.flushLineStart();
+    if (this.pendingCR) { this.pendingCR = false; this.emitByte(CR); }
+    if (this.lastByte !== LF) this.emitByte(LF);
+    return this.finish();
   }
 
-  private flushLineStart(out: Buffer[]): void {
-    if (this.gts || this.fromMatched) {
-      this.emit(out, Buffer.concat([Buffer.alloc(this.gts, GT), FROM.subarray(0, this.fromMatched)]));
-    }
+  private flushLineStart(): void {
+    for (let k = 0; k < this.gts; k++) this.emitByte(GT);
+    this.emitRange(FROM, 0, this.fromMatched);
     this.gts = 0; this.fromMatched = 0; this.atLineStart = false;
   }
 
-  private emit(out: Buffer[], b: Buffer): void {
-    if (!b.length) return;
-    out.push(b);
-    this.written += b.length;
-    this.lastByte = b[b.length - 1];
+  private begin(size: number): void {
+    this.buf = Buffer.allocUnsafe(size);
+    this.pos = 0;
+  }
+
+  private finish(): Buffer[] {
+    const out = this.pos ? [this.buf.subarray(0, this.pos)] : [];
+    this.buf = Buffer.alloc(0);
+    this.pos = 0;
+    return out;
+  }
+
+  private room(len: number): void {
+    if (this.pos + len <= this.buf.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + len));
+    this.buf.copy(bigger, 0, 0, this.pos);
+    this.buf = bigger;
+  }
+
+  private emitRange(src: Buffer, start: number, end: number): void {
+    if (end <= start) return;
+    this.room(end - start);
+    src.copy(this.buf, this.pos, start, end);
+    this.pos += end - start;
+    this.written += end - start;
+    this.lastByte = src[end - 1];
+  }
+
+  private emitByte(b: number): void {
+    this.room(1);
+    this.buf[this.pos++] = b;
+    this.written++;
+    this.lastByte = b;
   }
 }
 
