@@ -153,6 +153,9 @@ describe('a reader holds the mailbox', () => {
   for (const h of holders) {
     it(`${h.name}: mtad defers (250 to the client), leaves the lock alone, delivers after release`, async () => {
       const before = fs.readFileSync(box);
+      // mtad keeps a mailbox locked a few ms after its last append, waiting for the
+      // next one; a reader that tries once (-r 0) must come after that, as a retrying one would.
+      await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
       await h.acquire();
       const lockBefore = fs.lstatSync(lock);
       const token = `held-by-${h.name.replace(/\W+/g, '-')}`;
@@ -174,6 +177,7 @@ describe('a reader holds the mailbox', () => {
   }
 
   it('dotlockfile released while mtad waits: delivered in the same transaction, no queue', async () => {
+    await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
     await holders[0].acquire();
     const c = await SmtpClient.connect(mtad.port);
     await c.cmd('EHLO client.test');

@@ -146,6 +146,8 @@ describe('a mailbox that is not a plain file is not written', () => {
     await mtad.waitForLog(new RegExp(`${first}: removed`));
     const original = fs.readFileSync(box);
     const v = victim('swap-target');
+    // mtad keeps the mailbox locked a few ms after an append, waiting for the next one.
+    await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
     expect(run('dotlockfile', ['-l', '-r', '0', lock]).status).toBe(0);
     const c = await SmtpClient.connect(mtad.port);
     await c.cmd('EHLO client.test');

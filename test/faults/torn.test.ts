@@ -39,7 +39,8 @@ function tear(spool: string, user: string, planned: string, written: number, ext
   const box = path.join(spool, user);
   const st = fs.statSync(box);
   const lock = `${box}.lock`;
-  fs.mkdirSync(lock);
+  // mtad may have been killed while it still held the lock (it lingers briefly after a batch).
+  fs.mkdirSync(lock, { recursive: true });
   const record = path.join(spool, '.queue', 'appending', user);
   fs.writeFileSync(record, `${st.dev} ${st.ino} ${st.size} ${st.size + Buffer.byteLength(planned)}\n`);
   for (const p of [lock, record]) fs.chownSync(p, st.uid, st.gid);

@@ -10,7 +10,8 @@ import { SmtpClient } from '../helpers/smtp';
 let mtad: Mtad;
 let c: SmtpClient;
 beforeAll(async () => {
-  mtad = await startMtad({ users: ['alice'] });
+  // One session collects more refusals than the default MTAD_MAX_ERRORS (20) allows.
+  mtad = await startMtad({ users: ['alice'], env: { MTAD_MAX_ERRORS: '100' } });
   c = await SmtpClient.connect(mtad.port);
   expect((await c.cmd('EHLO client.test')).code).toBe(250);
   expect((await c.cmd('MAIL FROM:<sender@client.test>')).code).toBe(250);
