@@ -18,6 +18,8 @@ export interface MtadOptions {
   dir?: string;
   /** A command that runs mtad, e.g. setpriv with its options, before `node bin/mtad`. */
   wrapper?: string[];
+  /** Another install of mtad to run (its root directory), instead of this checkout. */
+  install?: string;
 }
 
 export interface Mtad {
@@ -83,7 +85,7 @@ export function instanceEnv(dir: string, extra: Record<string, string> = {}): No
 export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
   const dir = opts.dir ?? makeInstance(opts);
   const env = instanceEnv(dir, opts.env);
-  const argv = [...(opts.wrapper ?? []), process.execPath, path.join(ROOT, 'bin', 'mtad')];
+  const argv = [...(opts.wrapper ?? []), process.execPath, path.join(opts.install ?? ROOT, 'bin', 'mtad')];
   const proc = spawn(argv[0], argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const listeners = new Set<() => void>();
@@ -138,4 +140,18 @@ export function runCli(name: string, args: string[], env: NodeJS.ProcessEnv, inp
 
 export function removeInstance(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * A copy of this install (bin, dist, package.json, node_modules) in a temp dir
+ * every user can read: a checkout under /root, as CI's may be, is closed to the
+ * unprivileged user a test wants mtad to start as.
+ */
+export function readableInstall(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-install-'));
+  for (const part of ['bin', 'dist', 'package.json', 'node_modules']) {
+    fs.cpSync(path.join(ROOT, part), path.join(dir, part), { recursive: true, verbatimSymlinks: true });
+  }
+  spawnSync('chmod', ['-R', 'a+rX', dir]);
+  return dir;
 }
