@@ -16,7 +16,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 import { dovecotImapAsync, imapAppend, run, tokensByFormail, tokensByPython, until } from './readers';
 
@@ -220,16 +220,7 @@ async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ deli
 }
 
 /** Descriptors of mtad that refer to the mailbox. */
-function mailboxDescriptors(): number {
-  const fdDir = `/proc/${mtad.pid}/fd`;
-  return fs.readdirSync(fdDir).filter((fd) => {
-    try {
-      return fs.readlinkSync(path.join(fdDir, fd)) === box;
-    } catch {
-      return false;
-    }
-  }).length;
-}
+const mailboxDescriptors = (): number => descriptorsOn(mtad.pid, box);
 
 interface Waiter {
   name: string;

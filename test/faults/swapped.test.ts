@@ -8,7 +8,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 import { run, tokensByPython, until } from './readers';
 
@@ -32,16 +32,7 @@ afterAll(async () => {
 });
 
 /** Descriptors of mtad open on `file`. */
-function mailboxDescriptors(file: string): number {
-  const fdDir = `/proc/${mtad.pid}/fd`;
-  return fs.readdirSync(fdDir).filter((fd) => {
-    try {
-      return fs.readlinkSync(path.join(fdDir, fd)) === file;
-    } catch {
-      return false;
-    }
-  }).length;
-}
+const mailboxDescriptors = (file: string): number => descriptorsOn(mtad.pid, file);
 
 /** A file outside the spool, owned like the mailboxes, that must never change. */
 function victim(name: string): { file: string; bytes: Buffer } {

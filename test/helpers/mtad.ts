@@ -5,6 +5,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { afterAll, beforeAll, expect } from 'vitest';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const HOSTNAME = 'lab.test';
@@ -154,4 +155,32 @@ export function readableInstall(): string {
   }
   spawnSync('chmod', ['-R', 'a+rX', dir]);
   return dir;
+}
+
+/** How many of process `pid`'s descriptors are open on `file` (from /proc). */
+export function descriptorsOn(pid: number, file: string): number {
+  const fdDir = `/proc/${pid}/fd`;
+  return fs.readdirSync(fdDir).filter((fd) => {
+    try {
+      return fs.readlinkSync(path.join(fdDir, fd)) === file;
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+/**
+ * One mtad for a whole test file: started before its tests, stopped after them,
+ * where it must exit 0 (a clean SIGTERM shutdown is part of every file's check).
+ */
+export function mtadForFile(opts: MtadOptions = {}): () => Mtad {
+  let m: Mtad | undefined;
+  beforeAll(async () => { m = await startMtad(opts); });
+  afterAll(async () => {
+    if (!m) return;
+    const { code } = await m.stop();
+    expect(code, m.output()).toBe(0);
+    removeInstance(m.dir);
+  });
+  return () => m!;
 }

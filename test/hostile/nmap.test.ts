@@ -5,19 +5,13 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { describe, expect, it } from 'vitest';
+import { mtadForFile, removeInstance, startMtad } from '../helpers/mtad';
 
-let m: Mtad;
-beforeAll(async () => { m = await startMtad({ users: ['alice', 'bob'] }); });
-afterAll(async () => {
-  const { code } = await m.stop();
-  expect(code).toBe(0);
-  removeInstance(m.dir);
-});
+const mtad = mtadForFile({ users: ['alice', 'bob'] });
 
 /** Runs one NSE script at mtad's port and returns its result lines (the "|" lines after the port). */
-async function nse(script: string, args: string[], port = m.port): Promise<string[]> {
+async function nse(script: string, args: string[], port = mtad().port): Promise<string[]> {
   const { stdout } = await promisify(execFile)('nmap', [
     '-n', '-Pn', '-sT', '-v', '-p', String(port), '--script', `+${script}`,
     '--script-args', args.join(','), '127.0.0.1',
@@ -31,7 +25,7 @@ async function nse(script: string, args: string[], port = m.port): Promise<strin
   return result;
 }
 
-const rejected = (re: RegExp): number => m.output().split('\n').filter((l) => /NOQUEUE: reject: RCPT/.test(l) && re.test(l)).length;
+const rejected = (re: RegExp): number => mtad().output().split('\n').filter((l) => /NOQUEUE: reject: RCPT/.test(l) && re.test(l)).length;
 
 describe('nmap smtp-open-relay', () => {
   it.each(['lab.test', 'remote.test'])('finds no relay, with %s as the domain of its tests', async (domain) => {
@@ -40,7 +34,7 @@ describe('nmap smtp-open-relay', () => {
     expect(out).toEqual(["|_smtp-open-relay: Server doesn't seem to be an open relay, all tests failed"]);
     // It did talk to mtad: each of its relay tricks was refused at RCPT.
     expect(rejected(/./) - before).toBeGreaterThanOrEqual(14);
-    expect(m.output()).not.toMatch(/status=sent/);
+    expect(mtad().output()).not.toMatch(/status=sent/);
   });
 });
 
@@ -51,7 +45,7 @@ describe('nmap smtp-enum-users', () => {
   });
 
   it('finds no user through VRFY or EXPN even when it is given the right names', async () => {
-    const db = path.join(m.dir, 'names');
+    const db = path.join(mtad().dir, 'names');
     fs.writeFileSync(db, 'alice\nbob\npostmaster\nroot\nnosuchuser\n');
     const out = await nse('smtp-enum-users', ['smtp-enum-users.domain=lab.test', `userdb=${db}`, 'smtp-enum-users.methods={VRFY,EXPN}']);
     expect(out).toEqual(['| smtp-enum-users: ', "|_  Couldn't find any accounts"]);
@@ -60,7 +54,7 @@ describe('nmap smtp-enum-users', () => {
   it('does learn, through RCPT, that a user it names exists: the answer at RCPT time tells (as with Postfix)', async () => {
     // Not a leak to fix: an MTA must say at RCPT time whether it will take mail for
     // an address, or else accept everything and bounce later (backscatter).
-    const db = path.join(m.dir, 'rcpt-names');
+    const db = path.join(mtad().dir, 'rcpt-names');
     fs.writeFileSync(db, 'alice\n');
     const out = await nse('smtp-enum-users', ['smtp-enum-users.domain=lab.test', `userdb=${db}`, 'smtp-enum-users.methods={RCPT}']);
     expect(out).toEqual(['| smtp-enum-users: ', '|_  RCPT, alice']);

@@ -4,25 +4,19 @@
 // and it reports no internal error.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { mtadForFile } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 
-let m: Mtad;
-beforeAll(async () => { m = await startMtad({ users: ['alice', 'bob'] }); });
-afterAll(async () => {
-  const { code } = await m.stop();
-  expect(code).toBe(0);
-  removeInstance(m.dir);
-});
+const mtad = mtadForFile({ users: ['alice', 'bob'] });
 
 type Leave = 'FIN' | 'RST';
 const leave = (c: SmtpClient, how: Leave): void => { if (how === 'FIN') c.socket.end(); else c.socket.resetAndDestroy(); };
 const closed = (c: SmtpClient): Promise<void> => new Promise((resolve) => {
   if (c.socket.destroyed) resolve(); else c.socket.once('close', () => resolve());
 });
-const count = (re: RegExp): number => m.output().split('\n').filter((l) => re.test(l)).length;
+const count = (re: RegExp): number => mtad().output().split('\n').filter((l) => re.test(l)).length;
 
 /** Waits until mtad has logged a line matching `re` at least n times. */
 const logged = (re: RegExp, n: number): Promise<void> => new Promise((resolve) => {
@@ -53,18 +47,18 @@ async function inData(c: SmtpClient, tag: string): Promise<void> {
 }
 
 function expectClean(): void {
-  expect(fs.readdirSync(path.join(m.queue, 'tmp'))).toEqual([]);
-  expect(fs.readdirSync(path.join(m.queue, 'active'))).toEqual([]);
+  expect(fs.readdirSync(path.join(mtad().queue, 'tmp'))).toEqual([]);
+  expect(fs.readdirSync(path.join(mtad().queue, 'active'))).toEqual([]);
   for (const u of ['alice', 'bob']) {
-    if (!fs.existsSync(m.mailbox(u))) continue;
-    for (const msg of readMbox(m.mailbox(u))) {
+    if (!fs.existsSync(mtad().mailbox(u))) continue;
+    for (const msg of readMbox(mtad().mailbox(u))) {
       expect(msg.header('Subject')).toMatch(/^whole /);
       const tag = msg.header('Subject')!;
       const lines = Number(/ (\d+) lines$/.exec(tag)![1]);
       expect(msg.body.toString('latin1')).toBe(body(tag, lines).replace(/\r\n/g, '\n'));
     }
   }
-  expect(m.output()).not.toMatch(/internal error|unhandled|uncaught/i);
+  expect(mtad().output()).not.toMatch(/internal error|unhandled|uncaught/i);
 }
 
 describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => {
@@ -72,7 +66,7 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
     ['a small message (kept in memory)', 20],
     ['a large message (spilled to the queue)', 6000],
   ])('in the middle of DATA of %s: nothing is kept', async (_what, lines) => {
-    const c = await SmtpClient.connect(m.port);
+    const c = await SmtpClient.connect(mtad().port);
     const tag = `partial ${how} ${lines}`;
     const lost = count(/lost connection after DATA/);
     await inData(c, tag);
@@ -80,7 +74,7 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
     // The spill file exists once the body is past 256 KiB: leave while it is there.
     if (lines > 1000) {
       await new Promise<void>((resolve) => {
-        const t = setInterval(() => { if (fs.readdirSync(path.join(m.queue, 'tmp')).length) { clearInterval(t); resolve(); } }, 5);
+        const t = setInterval(() => { if (fs.readdirSync(path.join(mtad().queue, 'tmp')).length) { clearInterval(t); resolve(); } }, 5);
       });
     }
     leave(c, how);
@@ -92,7 +86,7 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
   });
 
   it('in the middle of a command line: nothing happens', async () => {
-    const c = await SmtpClient.connect(m.port);
+    const c = await SmtpClient.connect(mtad().port);
     await c.cmd('EHLO client.test');
     expect((await c.cmd('MAIL FROM:<a@client.test>')).code).toBe(250);
     c.write('RCPT TO:<ali');
@@ -103,7 +97,7 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
   });
 
   it('right after the final dot: the message is delivered whole, or not at all', async () => {
-    const c = await SmtpClient.connect(m.port);
+    const c = await SmtpClient.connect(mtad().port);
     const tag = `whole ${how} 50 lines`;
     await inData(c, tag);
     c.write(`${body(tag, 50)}.\r\n`);
@@ -113,12 +107,12 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
     // Delivery may still be running after the disconnect: wait until every accepted message is removed.
     await new Promise<void>((resolve) => {
       const t = setInterval(() => {
-        const ids = [...m.output().matchAll(/: (\w+): client=/g)].map((x) => x[1]);
-        if (ids.every((id) => m.output().includes(`${id}: removed`))) { clearInterval(t); resolve(); }
+        const ids = [...mtad().output().matchAll(/: (\w+): client=/g)].map((x) => x[1]);
+        if (ids.every((id) => mtad().output().includes(`${id}: removed`))) { clearInterval(t); resolve(); }
       }, 10);
     });
     expectClean();
-    const got = ['alice', 'bob'].map((u) => (fs.existsSync(m.mailbox(u)) ? readMbox(m.mailbox(u)) : []).filter((x) => x.header('Subject') === tag).length);
+    const got = ['alice', 'bob'].map((u) => (fs.existsSync(mtad().mailbox(u)) ? readMbox(mtad().mailbox(u)) : []).filter((x) => x.header('Subject') === tag).length);
     expect(got[0]).toBeLessThanOrEqual(1);
     expect(got[1]).toBe(got[0]);
     if (how === 'FIN') expect(got[0]).toBe(1); // a half-close still sends every byte
@@ -127,13 +121,13 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
 
 describe('after all of that', () => {
   it('mtad still delivers a normal session', async () => {
-    const c = await SmtpClient.connect(m.port);
+    const c = await SmtpClient.connect(mtad().port);
     await c.cmd('EHLO client.test');
     const tag = 'whole after 3 lines';
     const r = await c.send('a@client.test', ['alice'], `Subject: ${tag}\r\n\r\n${body(tag, 3)}`);
     expect(r.raw).toMatch(/^250 2\.0\.0 Ok: queued as/);
     await c.quit();
-    expect(readMbox(m.mailbox('alice')).filter((x) => x.header('Subject') === tag)).toHaveLength(1);
+    expect(readMbox(mtad().mailbox('alice')).filter((x) => x.header('Subject') === tag)).toHaveLength(1);
     await settled();
     expectClean();
   });

@@ -1,22 +1,16 @@
 // The lab sheet's session, typed as a student types it, against a real mtad;
 // the mailbox is read back with Python's mailbox module.
 import fs from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { HOSTNAME, isRoot, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { HOSTNAME, isRoot, mtadForFile } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 
-let mtad: Mtad;
-beforeAll(async () => { mtad = await startMtad({ users: ['alice', 'bob'] }); });
-afterAll(async () => {
-  const { code } = await mtad.stop();
-  expect(code).toBe(0);
-  removeInstance(mtad.dir);
-});
+const mtad = mtadForFile({ users: ['alice', 'bob'] });
 
 describe('the lab session, by hand', () => {
   it('accepts the telnet transcript and appends it to both mailboxes', async () => {
-    const c = await SmtpClient.connect(mtad.port);
+    const c = await SmtpClient.connect(mtad().port);
     expect(c.greeting.raw).toBe(`220 ${HOSTNAME} ESMTP mtad\r\n`);
     const typed: Array<[string, RegExp]> = [
       ['HELO polimi.it', new RegExp(`^250 ${HOSTNAME}\r\n$`)],
@@ -41,7 +35,7 @@ describe('the lab session, by hand', () => {
     c.close();
 
     for (const user of ['alice', 'bob']) {
-      const msgs = readMbox(mtad.mailbox(user));
+      const msgs = readMbox(mtad().mailbox(user));
       expect(msgs).toHaveLength(1);
       const m = msgs[0];
       expect(m.from_).toMatch(/^tode@cremona\.polimi\.it  \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$/);
@@ -58,17 +52,17 @@ describe('the lab session, by hand', () => {
       expect(text.slice(text.indexOf('From: "Carlo'))).toBe(`${body.join('\n')}\n`);
     }
     // The mailbox as `cat` shows it: From_ line first, entry ends with an empty line.
-    const file = fs.readFileSync(mtad.mailbox('alice'), 'latin1');
+    const file = fs.readFileSync(mtad().mailbox('alice'), 'latin1');
     expect(file.startsWith('From tode@cremona.polimi.it  ')).toBe(true);
     expect(file.endsWith("tramite protocollo SMTP.\n\n")).toBe(true);
     // One log line per event, keyed by the queue id.
-    await mtad.waitForLog(new RegExp(`${id}: to=<alice@${HOSTNAME}>, relay=local, .*status=sent`));
-    await mtad.waitForLog(new RegExp(`${id}: from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2|${id}: client=.*from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2`));
+    await mtad().waitForLog(new RegExp(`${id}: to=<alice@${HOSTNAME}>, relay=local, .*status=sent`));
+    await mtad().waitForLog(new RegExp(`${id}: from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2|${id}: client=.*from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2`));
   });
 
   it('gives up root before serving clients', () => {
     if (!isRoot()) return; // the drop only exists when started as root
-    const status = fs.readFileSync(`/proc/${mtad.pid}/status`, 'utf8');
+    const status = fs.readFileSync(`/proc/${mtad().pid}/status`, 'utf8');
     const uids = /^Uid:\s+(.*)$/m.exec(status)![1].split(/\s+/).map(Number);
     const gids = /^Gid:\s+(.*)$/m.exec(status)![1].split(/\s+/).map(Number);
     const groups = (/^Groups:\s*(.*)$/m.exec(status)![1].trim() || '').split(/\s+/).filter(Boolean).map(Number);
@@ -76,6 +70,6 @@ describe('the lab session, by hand', () => {
     expect(gids.every((g) => g !== 0)).toBe(true);
     expect(groups).not.toContain(0);
     // and it is the spool's owner it became
-    expect(uids[0]).toBe(fs.statSync(mtad.spool).uid);
+    expect(uids[0]).toBe(fs.statSync(mtad().spool).uid);
   });
 });
