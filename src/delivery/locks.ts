@@ -136,6 +136,9 @@ function rollBackTornAppend(mailbox: string, record: string): number | { why: st
     return { why: `cannot open it: ${(err as NodeJS.ErrnoException).code}` };
   }
   try {
+    // Our stale dotlock directory still keeps dotlock users out; a reader that
+    // takes only the fcntl lock (Dovecot) must not see the mailbox shrink under it.
+    if (!waitForFcntlSync(fd, START_LOCK_WAIT_MS)) return { why: 'another program holds its fcntl lock' };
     const st = fs.fstatSync(fd);
     if (!st.isFile() || st.dev !== dev || st.ino !== ino) return { why: 'it was replaced since' };
     if (st.size === before || st.size === after) return 0;
@@ -146,4 +149,17 @@ function rollBackTornAppend(mailbox: string, record: string): number | { why: st
   } finally {
     fs.closeSync(fd);
   }
+}
+
+const START_LOCK_WAIT_MS = 2000;
+
+/** Start-up is synchronous: poll for the fcntl lock, sleeping without the event loop. */
+function waitForFcntlSync(fd: number, ms: number): boolean {
+  const deadline = Date.now() + ms;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  while (!tryLock(fd)) {
+    if (Date.now() >= deadline) return false;
+    Atomics.wait(pause, 0, 0, 10);
+  }
+  return true;
 }

@@ -5,6 +5,7 @@
 //   alice: torn inside the recorded append  -> cut back to the size before it;
 //   bob:   the append had completed         -> left as it is (whole message);
 //   carol: grown past the recorded append   -> someone else wrote: left alone, logged.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -84,6 +85,30 @@ describe('an append torn by a crash', () => {
     const box = path.join(spool, 'alice');
     expect(tokensByPython(box)).toEqual(['first-alice', 'after']);
     expect(tokensByFormail(box)).toEqual(['first-alice', 'after']);
+    const { code } = await mtad.stop();
+    expect(code).toBe(0);
+    mtad = null;
+  });
+
+  it('does not cut a mailbox that a reader holds with its fcntl lock through the start', async () => {
+    removeInstance(dir);
+    dir = makeInstance({ users: ['dora'] });
+    mtad = await startMtad({ dir });
+    await send(mtad, 'dora', 'first-dora');
+    await mtad.stop('SIGKILL');
+    const box = path.join(mtad.spool, 'dora');
+    tear(mtad.spool, 'dora', entry('torn'), 100);
+    const torn = fs.readFileSync(box);
+    // Python's lockf takes the classic fcntl lock, as Dovecot does while it reads.
+    const holder = spawn('python3', ['-c', 'import fcntl, sys\nf = open(sys.argv[1], "a")\nfcntl.lockf(f, fcntl.LOCK_EX)\nprint("locked", flush=True)\nsys.stdin.readline()', box], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+      mtad = await startMtad({ dir });
+      expect(mtad.output()).toContain('warning: mailbox dora: an append was interrupted by a crash, but another program holds its fcntl lock; left as it is');
+      expect(fs.readFileSync(box).equals(torn)).toBe(true);
+    } finally {
+      holder.stdin!.end('\n');
+    }
     const { code } = await mtad.stop();
     expect(code).toBe(0);
     mtad = null;
