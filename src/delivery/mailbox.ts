@@ -42,13 +42,20 @@ export interface AppendOptions {
  * A mailbox opened, checked and locked (fcntl, then dotlock) for one or more
  * appends. Holding it across several batches saves the lock round trips (open,
  * two locks, three stats, unlock, close) that otherwise dominate each batch.
+ *
+ * While it is held, a record of the current append sits in the queue's
+ * appending/ (see sweepStaleLocks): if we are killed mid-write, the next start
+ * cuts the torn entry off. The record is created once per hold and rewritten in
+ * place for each append (no directory change, which the mailbox's fdatasync
+ * would otherwise have to commit), and removed before the locks are released.
+ * It is kept out of the lock directory, whose mtime proper-lockfile watches.
  */
 export class LockedMailbox {
   private constructor(
     private readonly fh: FileHandle,
     private readonly release: () => Promise<void>,
     private readonly st: fs.Stats,
-    private readonly intentFile: string,
+    private readonly intent: { file: string; fh: FileHandle },
     /** Size after our last append: we hold both locks, so nobody else appends. */
     private size: number,
   ) {}
@@ -66,7 +73,8 @@ export class LockedMailbox {
         if (!now || now.ino !== st.ino || now.dev !== st.dev) {
           throw new DeliveryError('4.2.0', 'mailbox was replaced while waiting for its lock');
         }
-        return new LockedMailbox(fh, release, st, opts.intentFile, st.size);
+        const intent = { file: opts.intentFile, fh: await fs.promises.open(opts.intentFile, 'w', 0o600) };
+        return new LockedMailbox(fh, release, st, intent, st.size);
       } catch (err) {
         await release().catch(() => undefined);
         throw err;
@@ -79,33 +87,26 @@ export class LockedMailbox {
 
   /** Appends and fdatasyncs the entries; on error the mailbox is back at its old size. */
   async append(entries: Entry[]): Promise<void> {
-    // A record of the append while we hold the locks: if we are killed mid-write,
-    // the start-up sweep cuts the torn entry off (see sweepStaleLocks). It is kept
-    // out of the lock directory, whose mtime proper-lockfile watches.
     const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);
     try {
-      await fs.promises.writeFile(this.intentFile, `${this.st.dev} ${this.st.ino} ${this.size} ${this.size + total}\n`, { mode: 0o600 });
+      await this.intent.fh.write(appendRecord(this.st, this.size, this.size + total), 0);
       this.size += await writeEntries(this.fh, entries, this.size);
     } catch (err) {
       throw asDeliveryError(err);
-    } finally {
-      await fs.promises.rm(this.intentFile, { force: true });
     }
   }
 
   async close(): Promise<void> {
+    await this.intent.fh.close().catch(() => undefined);
+    await fs.promises.rm(this.intent.file, { force: true }).catch(() => undefined);
     await this.release().catch(() => undefined);
     await this.fh.close().catch(() => undefined);
   }
 }
 
-export async function appendEntries(file: string, entries: Entry[], opts: AppendOptions): Promise<void> {
-  const mb = await LockedMailbox.open(file, opts);
-  try {
-    await mb.append(entries);
-  } finally {
-    await mb.close();
-  }
+/** "dev ino before after\n", numbers zero-padded so that every record has one length and overwrites the last whole. */
+function appendRecord(st: fs.Stats, before: number, after: number): string {
+  return `${[st.dev, st.ino, before, after].map((n) => String(n).padStart(20, '0')).join(' ')}\n`;
 }
 
 async function openMailbox(file: string, createMode: number): Promise<FileHandle> {

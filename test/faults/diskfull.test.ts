@@ -1,6 +1,6 @@
 // A full disk (issue 3, item 2). The spool and the queue each live on a small
 // tmpfs of their own (root only: CI runs as root), filled up with a file:
-//   1. both full: the client gets 452 4.3.1 for a small message and for one big
+//   1. both full: the client gets 452 4.3.1 for a small message (over a page) and for one big
 //      enough to be streamed to the queue, after its final dot; nothing is left
 //      behind and the mailbox is byte for byte what it was;
 //   2. the queue has room again, the spool only a few pages: the message is
@@ -89,7 +89,9 @@ describe('disk full', () => {
     // 1. Both file systems full.
     const spoolFiller = fill(spool);
     const queueFiller = fill(queue);
-    const small = await c.send('a@client.test', ['alice@lab.test'], message('small-while-full'));
+    // Small, but larger than a page: a message that fits in the unused end of the
+    // mailbox's last tmpfs page is delivered (and rightly acknowledged) without any new space.
+    const small = await c.send('a@client.test', ['alice@lab.test'], message('small-while-full', 8000));
     expect(small.code).toBe(452);
     expect(enhanced(small)).toBe('4.3.1');
     const big = await c.send('a@client.test', ['alice@lab.test'], message('big-while-full', 600000));

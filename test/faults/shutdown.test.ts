@@ -120,10 +120,13 @@ describe('SIGTERM', () => {
           strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) resolve(); });
           strace.on('exit', (code) => reject(new Error(`strace exited ${code}: ${err}`)));
         });
+        const firstSize = fs.statSync(m.mailbox('alice')).size;
         const c = await SmtpClient.connect(m.port);
         await c.cmd('EHLO client.test');
         const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: held\r\nX-Token: held\r\n\r\nEND held\r\n').catch((e: Error) => e);
-        await until(() => fs.existsSync(path.join(m.queue, 'appending', 'alice')), 10000, 'the append');
+        // The record of this append (not of the first one, which may linger while
+        // mtad holds the mailbox) starts where the first message ended.
+        await until(() => appendRecordStart(path.join(m.queue, 'appending', 'alice')) === firstSize, 10000, 'the append');
         const exit = await terminate(m);
         const r = await reply;
         c.close();
@@ -141,3 +144,13 @@ describe('SIGTERM', () => {
     });
   }
 });
+
+/** Where the append recorded in `record` starts (its "before" size), or -1 when there is none. */
+function appendRecordStart(record: string): number {
+  try {
+    const m = /^(\d+) (\d+) (\d+) (\d+)\n$/.exec(fs.readFileSync(record, 'utf8'));
+    return m ? Number(m[3]) : -1;
+  } catch {
+    return -1;
+  }
+}
