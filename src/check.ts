@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { tryLock } from './system/fcntl';
+import { queueHolder } from './queue/pidfile';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
 import { Config, describeErrno, ROOT } from './config';
@@ -43,7 +43,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   if (config.port > 0 && config.port < 1024 && !isRoot() && !hasBindCapability()) {
     problem(`port ${config.port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE (the systemd unit); or set MTAD_PORT=2525`, 77);
   }
-  const other = await runningMtad(config.queueDir);
+  const other = queueHolder(config.queueDir);
   // Checking the configuration of the mtad that runs (before restarting it) is the common case: not a problem.
   if (other !== null) row('running', `mtad${other ? ` (pid ${other})` : ''} serves this queue now (a second one would stop, exit 75)`);
   else if (config.port !== 0 && (config.port >= 1024 || isRoot() || hasBindCapability())) {
@@ -103,22 +103,6 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     }
   }
   return { lines, problems };
-}
-
-/** The pid of the mtad holding the queue's pid lock, '' if unknown, or null when none does. */
-async function runningMtad(queueDir: string): Promise<string | null> {
-  let fd: number;
-  try {
-    fd = fs.openSync(path.join(queueDir, 'mtad.pid'), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch {
-    return null;
-  }
-  try {
-    // A shared lock for an instant; mtad, starting meanwhile, waits that out (lockPidFile).
-    return tryLock(fd, { shared: true }) ? null : fs.readFileSync(fd, 'utf8').trim();
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** Binds the port for an instant, as mtad would; only EADDRINUSE counts (privilege is judged above). */

@@ -13,7 +13,8 @@ import { sweepStaleLocks } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
-import { tryLock } from './system/fcntl';
+import { lockQueue } from './queue/pidfile';
+import { mailboxMode } from './system/spool';
 import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
 
@@ -35,7 +36,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const deliverer = new Deliverer({
     spoolDir: config.spoolDir,
     lockTimeoutMs: config.lockTimeout * 1000,
-    createMode: mailboxMode(config.spoolDir),
+    createMode: createMode(config.spoolDir),
     intentDir: queue.appendingDir,
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory);
@@ -47,7 +48,11 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   try {
     checkAccess(config, runAs);
     queue.initSync();
-    pidFd = await lockPidFile(config.queueDir);
+    const queueLock = await lockQueue(config.queueDir);
+    if ('holder' in queueLock) {
+      throw new StartupError(`mtad: another mtad${queueLock.holder ? ` (pid ${queueLock.holder})` : ''} is already running on the queue ${config.queueDir}`, 75);
+    }
+    pidFd = queueLock.fd;
     const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir);
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
@@ -150,31 +155,10 @@ function checkAccess(config: Config, runAs: SystemUser | null): void {
   }
 }
 
-/** Only one mtad may deliver from a queue: it holds an fcntl lock on mtad.pid. */
-async function lockPidFile(queueDir: string): Promise<number> {
-  const file = `${queueDir}/mtad.pid`;
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+/** The mode of mailboxes mtad creates itself, by the kind of spool (see system/spool.ts). */
+function createMode(spoolDir: string): number {
   try {
-    // mta-queue tests for a running mtad with a shared lock held for an instant: outwait it.
-    const deadline = Date.now() + 500;
-    while (!tryLock(fd)) {
-      if (Date.now() >= deadline) throw new Error('locked');
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  } catch {
-    const other = fs.readFileSync(file, 'utf8').trim();
-    fs.closeSync(fd);
-    throw new StartupError(`mtad: another mtad${other ? ` (pid ${other})` : ''} is already running on the queue ${queueDir}`, 75);
-  }
-  fs.ftruncateSync(fd, 0);
-  fs.writeSync(fd, `${process.pid}\n`, 0);
-  return fd;
-}
-
-/** A spool shared with the mail group (setgid, like /var/mail) gets 0660 mailboxes; a private one 0600. */
-function mailboxMode(spoolDir: string): number {
-  try {
-    return fs.statSync(spoolDir).mode & 0o2000 /* S_ISGID */ ? 0o660 : 0o600;
+    return mailboxMode(fs.statSync(spoolDir));
   } catch {
     return 0o600;
   }

@@ -5,6 +5,7 @@ import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { describeErrno } from '../config';
 import { groupId, userByName } from '../system/passwd';
+import { isSharedSpool, mailboxMode } from '../system/spool';
 import { writeFileAtomic } from './atomic';
 import { formatUsers, parseUsers, UsersFile } from './users';
 
@@ -59,8 +60,8 @@ export function createMailbox(spoolDir: string, name: string): { path: string; c
   } catch (err) {
     throw new StoreError(`cannot create the mailbox: spool ${spoolDir}: ${describeErrno(err)}`, 73);
   }
-  const shared = (spool.mode & 0o2000 /* S_ISGID */) !== 0;
-  const mode = shared ? 0o660 : 0o600;
+  const shared = isSharedSpool(spool);
+  const mode = mailboxMode(spool);
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, mode);

@@ -3,7 +3,7 @@
 // change is made under the message's lock (src/queue/control.ts), then mtad is
 // told through <queue>/control/ and re-reads the message itself.
 import fs from 'node:fs';
-import { tryLock } from '../system/fcntl';
+import { queueHolder } from '../queue/pidfile';
 import { describeErrno, loadConfig } from '../config';
 import { quietLog } from '../log';
 import { FLUSH, lockFile, MessageLocks, sendRequest } from '../queue/control';
@@ -51,7 +51,7 @@ runMain('mta-queue', async (argv) => {
     return EX.OK;
   }
 
-  const running = await mtadRunning(config.queueDir);
+  const running = queueHolder(config.queueDir) !== null;
   const owner = ownerToWrite(queue);
   const locks = new MessageLocks(lockFile(config.queueDir), owner);
   let status: number = EX.OK;
@@ -119,21 +119,6 @@ async function change(
     return { text: `${id}: released from hold`, status: EX.OK };
   } finally {
     await locks.unlock(id).catch(() => undefined);
-  }
-}
-
-/** Whether an mtad holds the queue's pid lock (tried with a shared lock, dropped at once). */
-async function mtadRunning(queueDir: string): Promise<boolean> {
-  let fd: number;
-  try {
-    fd = fs.openSync(`${queueDir}/mtad.pid`, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch {
-    return false;
-  }
-  try {
-    return !tryLock(fd, { shared: true });
-  } finally {
-    fs.closeSync(fd);
   }
 }
 

@@ -18,6 +18,13 @@ export class TempFailure extends Error {
   }
 }
 
+/** What the client hears when the message could not be written to disk: a full disk is 452 4.3.1, anything else 451. */
+export function storageFailure(err: unknown): TempFailure {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new TempFailure(452, '4.3.1', 'Insufficient system storage');
+  return new TempFailure(451, '4.3.0', 'Local error in processing, try again later');
+}
+
 export class DeliveryAgent {
   private timers = new Map<string, NodeJS.Timeout>();
   private running = new Set<Promise<unknown>>();
@@ -62,10 +69,7 @@ export class DeliveryAgent {
       await this.queue.discardTmp(id).catch(() => undefined);
       const e = err as NodeJS.ErrnoException;
       log.warn(`${id}: cannot write the queue file: ${e.code ?? e.message}`);
-      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        throw new TempFailure(452, '4.3.1', 'Insufficient system storage');
-      }
-      throw new TempFailure(451, '4.3.0', 'Local error in processing, try again later');
+      throw storageFailure(err);
     }
     log.info(`${id}: queued for retry (${reason})`);
     this.schedule(id, this.backoff(1));

@@ -6,7 +6,7 @@ import os from 'node:os';
 import type { Readable } from 'node:stream';
 import { SMTPServer, SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { Config } from '../config';
-import { DeliveryAgent, TempFailure } from '../delivery/agent';
+import { DeliveryAgent, storageFailure, TempFailure } from '../delivery/agent';
 import { receivedHeader } from '../delivery/mbox';
 import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
@@ -23,6 +23,9 @@ export class SmtpError extends Error {
   }
   static from(r: PolicyReply): SmtpError {
     return new SmtpError(r.code, r.enhanced, r.text);
+  }
+  static fromTemp(t: TempFailure): SmtpError {
+    return new SmtpError(t.code, t.enhanced, t.message);
   }
 }
 
@@ -149,8 +152,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       }
       // Writing the message to the queue failed (receiveBody read on to the final dot).
       log.warn(`${id}: cannot write the message to the queue: ${code ?? (err as Error).message}`);
-      if (code === 'ENOSPC' || code === 'EDQUOT') throw new SmtpError(452, '4.3.1', 'Insufficient system storage');
-      throw new SmtpError(451, '4.3.0', 'Local error in processing, try again later');
+      throw SmtpError.fromTemp(storageFailure(err));
     } finally {
       if (trace) (session as unknown as Record<string, unknown>)[TRACE_END] = true;
     }
@@ -161,7 +163,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     try {
       await deps.agent.accept({ envelope, body: got.body });
     } catch (err) {
-      if (err instanceof TempFailure) throw new SmtpError(err.code, err.enhanced, err.message);
+      if (err instanceof TempFailure) throw SmtpError.fromTemp(err);
       throw err;
     }
     return `2.0.0 Ok: queued as ${id}`;
