@@ -18,7 +18,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
-import { dovecotImapAsync, imapAppend, run, tokensByFormail, tokensByPython, until } from './readers';
+import { dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
 
 // Holds the lock until a line arrives on stdin; retries (and says so once) while someone else has it.
 const PY_LOCKER = `
@@ -72,18 +72,7 @@ afterAll(async () => {
   removeInstance(mtad.dir);
 });
 
-async function send(token: string, size = 0): Promise<string> {
-  const c = await SmtpClient.connect(mtad.port);
-  try {
-    await c.cmd('EHLO client.test');
-    const fill = size ? `${'z'.repeat(998)}\r\n`.repeat(Math.ceil(size / 1000)) : '';
-    const r = await c.send('a@client.test', ['alice@lab.test'], `Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${fill}END ${token}\r\n`);
-    expect(r.code, r.raw).toBe(250);
-    return /queued as (\w+)/.exec(r.raw)![1];
-  } finally {
-    await c.quit();
-  }
-}
+const send = (token: string, size = 0): Promise<string> => sendToken(mtad.port, 'alice', token, size);
 
 let lastFcntlState = '';
 /** The last answer of a background fcntl probe, which this starts again: for `until`, which must not block the event loop. */

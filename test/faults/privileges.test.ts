@@ -13,7 +13,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { instanceEnv, isRoot, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
-import { tokensByPython } from './readers';
+import { sendToken, tokensByPython } from './readers';
 
 const started: Mtad[] = [];
 const dirs: string[] = [];
@@ -55,12 +55,8 @@ function credentials(pid: number): Array<{ tid: string; uids: number[]; gids: nu
 }
 
 async function deliver(m: Mtad, user: string, token: string): Promise<void> {
-  const c = await SmtpClient.connect(m.port);
-  await c.cmd('EHLO client.test');
-  const r = await c.send('a@client.test', [`${user}@lab.test`], `Subject: ${token}\r\nX-Token: ${token}\r\n\r\nEND ${token}\r\n`);
-  await c.quit();
-  expect(r.code, r.raw).toBe(250);
-  await m.waitForLog(new RegExp(`${/queued as (\w+)/.exec(r.raw)![1]}: removed`));
+  const id = await sendToken(m.port, user, token);
+  await m.waitForLog(new RegExp(`${id}: removed`));
 }
 
 describe.skipIf(!isRoot())('started as root', () => {

@@ -6,6 +6,24 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readMbox } from '../helpers/mbox';
+import { SmtpClient } from '../helpers/smtp';
+
+/**
+ * Sends one message carrying `token` (Subject and X-Token, which the readers
+ * below report), padded to about `size` bytes; expects 250, returns the queue id.
+ */
+export async function sendToken(port: number, user: string, token: string, size = 0): Promise<string> {
+  const c = await SmtpClient.connect(port);
+  try {
+    await c.cmd('EHLO client.test');
+    const fill = size ? `${'z'.repeat(998)}\r\n`.repeat(Math.ceil(size / 1000)) : '';
+    const r = await c.send('a@client.test', [`${user}@lab.test`], `Subject: ${token}\r\nX-Token: ${token}\r\n\r\n${fill}END ${token}\r\n`);
+    if (r.code !== 250) throw new Error(`expected 250 for ${token}, got ${r.raw}`);
+    return /queued as (\w+)/.exec(r.raw)![1];
+  } finally {
+    await c.quit();
+  }
+}
 
 /** X-Token of every message, as Python's mailbox splits the file. */
 export function tokensByPython(file: string): string[] {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
-import { run, tokensByPython, until } from './readers';
+import { run, sendToken, tokensByPython, until } from './readers';
 
 let mtad: Mtad;
 let owner: { uid: number; gid: number };
@@ -43,17 +43,7 @@ function victim(name: string): { file: string; bytes: Buffer } {
   return { file, bytes };
 }
 
-async function send(user: string, token: string): Promise<string> {
-  const c = await SmtpClient.connect(mtad.port);
-  try {
-    await c.cmd('EHLO client.test');
-    const r = await c.send('a@client.test', [`${user}@lab.test`], `Subject: ${token}\r\nX-Token: ${token}\r\n\r\nEND ${token}\r\n`);
-    expect(r.code, r.raw).toBe(250);
-    return /queued as (\w+)/.exec(r.raw)![1];
-  } finally {
-    await c.quit();
-  }
-}
+const send = (user: string, token: string): Promise<string> => sendToken(mtad.port, user, token);
 
 async function deferredWith(id: string, user: string, reason: string): Promise<void> {
   const line = await mtad.waitForLog(new RegExp(`${id}: to=<${user}@lab.test>, .*status=deferred`));
@@ -67,25 +57,17 @@ async function deliveredAfterFix(id: string, user: string, token: string): Promi
 }
 
 describe('a mailbox that is not a plain file is not written', () => {
-  it('symbolic link', async () => {
-    const v = victim('symlink-target');
-    fs.symlinkSync(v.file, mtad.mailbox('symlinked'));
-    const id = await send('symlinked', 'via-symlink');
-    await deferredWith(id, 'symlinked', 'mailbox is a symbolic link');
+  it.each([
+    ['symbolic link', 'symlinked', fs.symlinkSync, 'mailbox is a symbolic link'],
+    ['hard link', 'hardlinked', fs.linkSync, 'mailbox has 2 hard links'],
+  ] as const)('%s', async (_kind, user, link, reason) => {
+    const v = victim(`${user}-target`);
+    link(v.file, mtad.mailbox(user));
+    const id = await send(user, `via-${user}`);
+    await deferredWith(id, user, reason);
     expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
-    fs.rmSync(mtad.mailbox('symlinked'));
-    await deliveredAfterFix(id, 'symlinked', 'via-symlink');
-    expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
-  });
-
-  it('hard link', async () => {
-    const v = victim('hardlink-target');
-    fs.linkSync(v.file, mtad.mailbox('hardlinked'));
-    const id = await send('hardlinked', 'via-hardlink');
-    await deferredWith(id, 'hardlinked', 'mailbox has 2 hard links');
-    expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
-    fs.rmSync(mtad.mailbox('hardlinked'));
-    await deliveredAfterFix(id, 'hardlinked', 'via-hardlink');
+    fs.rmSync(mtad.mailbox(user));
+    await deliveredAfterFix(id, user, `via-${user}`);
     expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
   });
 

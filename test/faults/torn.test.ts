@@ -10,8 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
-import { SmtpClient } from '../helpers/smtp';
-import { tokensByFormail, tokensByPython } from './readers';
+import { sendToken, tokensByFormail, tokensByPython } from './readers';
 
 let mtad: Mtad | null = null;
 let dir = '';
@@ -23,13 +22,7 @@ afterAll(async () => {
 const entry = (token: string): string =>
   `From a@client.test  Fri Nov 27 13:38:46 2026\nReturn-Path: <a@client.test>\nDelivered-To: x@lab.test\nSubject: ${token}\nX-Token: ${token}\n\nEND ${token}\n\n`;
 
-async function send(m: Mtad, user: string, token: string): Promise<void> {
-  const c = await SmtpClient.connect(m.port);
-  await c.cmd('EHLO client.test');
-  const r = await c.send('a@client.test', [`${user}@lab.test`], `Subject: ${token}\r\nX-Token: ${token}\r\n\r\nEND ${token}\r\n`);
-  await c.quit();
-  expect(r.code, r.raw).toBe(250);
-}
+const send = async (m: Mtad, user: string, token: string): Promise<void> => { await sendToken(m.port, user, token); };
 
 /**
  * Leaves `user`'s mailbox as a kill inside an append of `planned` bytes would, after
