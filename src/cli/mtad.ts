@@ -3,7 +3,7 @@ import { checkInstallation } from '../check';
 import { loadConfig } from '../config';
 import { Daemon, startDaemon } from '../daemon';
 import { log } from '../log';
-import { CliError, EX, runMain, VERSION } from './common';
+import { CliError, EX, onOutputClosed, runMain, VERSION } from './common';
 
 const USAGE = `usage: mtad [--trace] [--check] [--help] [--version]
 
@@ -58,6 +58,8 @@ runMain('mtad', async (argv) => {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // `mtad | head`: with nobody left to read the log, stop as on SIGTERM (deliveries finish) rather than die.
+  onOutputClosed(() => { if (!stopping) stop('EPIPE'); });
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
   daemon = await startDaemon(config);
   if (stopping) shutdown(daemon);
