@@ -154,7 +154,9 @@ function checkDir(dir: string, who: Who, mayCreate: boolean, problem: (t: string
     st = fs.statSync(dir);
   } catch (err) {
     if (!mayCreate || (err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      problem(`${dir}: ${describeErrno(err)}${mayCreate ? '' : ': create it, or set MTAD_SPOOL_DIR'}`, code);
+      // The same words as mtad's own refusal, whether or not it runs as root.
+      const what = !mayCreate && (err as NodeJS.ErrnoException).code === 'ENOENT' ? `the spool directory ${dir} does not exist` : `${dir}: ${describeErrno(err)}`;
+      problem(`${what}${mayCreate ? '' : ': create it, or set MTAD_SPOOL_DIR'}`, code);
       return '';
     }
     const parent = path.dirname(dir);

@@ -140,6 +140,8 @@ function checkAccess(config: Config, runAs: SystemUser | null): void {
   try {
     if (!fs.statSync(config.spoolDir).isDirectory()) throw Object.assign(new Error(), { code: 'ENOTDIR' });
   } catch (err) {
+    // Worded as chooseRunAs words it for root, so the message does not depend on who starts mtad.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new StartupError(`mtad: the spool directory ${config.spoolDir} does not exist: create it, or set MTAD_SPOOL_DIR`, 73);
     throw new StartupError(`mtad: spool directory ${config.spoolDir}: ${describeErrno(err)}`, 73);
   }
   try {

@@ -11,7 +11,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { instanceEnv, isRoot, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { instanceEnv, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
 import { sendToken, tokensByPython } from './readers';
 
@@ -59,7 +60,7 @@ async function deliver(m: Mtad, user: string, token: string): Promise<void> {
   await m.waitForLog(new RegExp(`${id}: removed`));
 }
 
-describe.skipIf(!isRoot())('started as root', () => {
+describe.skipIf(needsRoot('privileges: started as root'))('started as root', () => {
   it('serves clients with no root id, group or capability in any thread; lab mailboxes are the spool owner\'s, 0600', async () => {
     const m = await startMtad({ users: ['alice'] });
     started.push(m);

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readMbox } from '../helpers/mbox';
+import { isRoot } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 
 /**
@@ -132,9 +133,9 @@ export async function until(cond: () => boolean, timeoutMs = 15000, what = 'cond
  * and a 5 s lock timeout. `commands` are IMAP lines; returns what Dovecot answered.
  */
 export function dovecotImap(mbox: string, commands: string[]): string {
-  const { dir, args } = dovecotSetup(mbox);
+  const { dir, cmd, args } = dovecotSetup(mbox);
   try {
-    const r = spawnSync('setpriv', args, {
+    const r = spawnSync(cmd, args, {
       input: commands.map((c) => `${c}\r\n`).join(''),
       env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir },
       encoding: 'latin1',
@@ -150,8 +151,8 @@ export function dovecotImap(mbox: string, commands: string[]): string {
 
 /** The same, without blocking: resolves with Dovecot's answer when it exits. */
 export function dovecotImapAsync(mbox: string, commands: string[]): Promise<string> {
-  const { dir, args } = dovecotSetup(mbox);
-  const p = spawn('setpriv', args, { env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const { dir, cmd, args } = dovecotSetup(mbox);
+  const p = spawn(cmd, args, { env: { PATH: process.env.PATH, USER: 'mtadtest', HOME: dir }, stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   p.stdout!.on('data', (b: Buffer) => { out += b.toString('latin1'); });
@@ -163,11 +164,13 @@ export function dovecotImapAsync(mbox: string, commands: string[]): Promise<stri
   }));
 }
 
-function dovecotSetup(mbox: string): { conf: string; dir: string; args: string[] } {
+function dovecotSetup(mbox: string): { conf: string; dir: string; cmd: string; args: string[] } {
   const st = fs.statSync(mbox);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-dovecot-'));
+  // Without root, mtad and so the mailbox are this user's already: Dovecot runs as it, as is.
+  const root = isRoot();
   try {
-    fs.chownSync(dir, st.uid, st.gid);
+    if (root) fs.chownSync(dir, st.uid, st.gid);
     const conf = path.join(dir, 'dovecot.conf');
     fs.writeFileSync(conf, [
       'ssl = no',
@@ -180,7 +183,9 @@ function dovecotSetup(mbox: string): { conf: string; dir: string; args: string[]
       'mbox_lock_timeout = 5s',
       '',
     ].join('\n'));
-    return { conf, dir, args: [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', '/usr/lib/dovecot/imap', '-c', conf] };
+    const imap = ['/usr/lib/dovecot/imap', '-c', conf];
+    if (!root) return { conf, dir, cmd: imap[0], args: imap.slice(1) };
+    return { conf, dir, cmd: 'setpriv', args: [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', ...imap] };
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;

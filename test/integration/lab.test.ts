@@ -3,7 +3,8 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { HOSTNAME, isRoot, mtadForFile } from '../helpers/mtad';
+import { HOSTNAME, mtadForFile } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
 
 const mtad = mtadForFile({ users: ['alice', 'bob'] });
@@ -60,8 +61,7 @@ describe('the lab session, by hand', () => {
     await mtad().waitForLog(new RegExp(`${id}: from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2|${id}: client=.*from=<tode@cremona.polimi.it>, size=\\d+, nrcpt=2`));
   });
 
-  it('gives up root before serving clients', () => {
-    if (!isRoot()) return; // the drop only exists when started as root
+  it.skipIf(needsRoot('giving up root', 'the drop only exists when started as root'))('gives up root before serving clients', () => {
     const status = fs.readFileSync(`/proc/${mtad().pid}/status`, 'utf8');
     const uids = /^Uid:\s+(.*)$/m.exec(status)![1].split(/\s+/).map(Number);
     const gids = /^Gid:\s+(.*)$/m.exec(status)![1].split(/\s+/).map(Number);

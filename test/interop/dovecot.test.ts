@@ -8,13 +8,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { HOSTNAME, isRoot, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { HOSTNAME, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
 import { Dovecot, DOVECOT_PASSWORD, python, startDovecot, withoutTrace } from './tools';
 
 const crlf = (b: Buffer): string => b.toString('latin1').replace(/\n/g, '\r\n');
 
-describe.skipIf(!isRoot())('Dovecot on the spool', () => {
+describe.skipIf(needsRoot('Dovecot on the spool', 'Dovecot starts as root and switches to the mail user itself'))('Dovecot on the spool', () => {
   let mtad: Mtad;
   let dovecot: Dovecot;
   // What Python's mailbox read before Dovecot ever opened the mailbox.

@@ -6,10 +6,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HOSTNAME, isRoot, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { HOSTNAME, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { run, startTshark } from './tools';
 
-describe.skipIf(!isRoot())('tshark on the wire', () => {
+describe.skipIf(needsRoot('tshark on the wire', 'capturing on lo needs root'))('tshark on the wire', () => {
   let mtad: Mtad;
   beforeAll(async () => { mtad = await startMtad({ users: ['alice'] }); });
   afterAll(async () => {

@@ -6,6 +6,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOSTNAME, instanceEnv, isRoot, makeInstance, removeInstance, runCli } from '../helpers/mtad';
+import { needsRoot, skipping } from '../helpers/skip';
 
 const VERSION = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 const dirs: string[] = [];
@@ -87,7 +88,7 @@ describe('mtad --check', () => {
     expect(r.stdout).toContain(`problem: the spool directory ${dir}/nowhere does not exist`);
   });
 
-  it.skipIf(!isRoot())('judges the spool for the user mtad would become, as mtad does (77)', () => {
+  it.skipIf(needsRoot('--check judging the spool for another user', 'only root changes user'))('judges the spool for the user mtad would become, as mtad does (77)', () => {
     // Root passes every access() test: the check must look at the mode bits for nobody.
     const dir = instance();
     const spool = path.join(dir, 'spool');
@@ -102,7 +103,7 @@ describe('mtad --check', () => {
     expect(r.stdout).toMatch(new RegExp(`problem: nobody \\(uid \\d+\\) cannot write ${spool} \\(owner uid 0, mode 755\\)`));
   });
 
-  it.skipIf(!isRoot())('names the directory that keeps that user away from the spool, as mtad does (77)', () => {
+  it.skipIf(needsRoot('--check naming a closed directory', 'only root changes user'))('names the directory that keeps that user away from the spool, as mtad does (77)', () => {
     const dir = instance();
     const closed = path.join(dir, 'closed');
     fs.mkdirSync(closed, { mode: 0o700 });
@@ -119,7 +120,7 @@ describe('mtad --check', () => {
     ]);
   });
 
-  it.skipIf(isRoot())('without root, names port 25 as the problem (77)', () => {
+  it.skipIf(skipping(isRoot(), '--check without root on port 25', 'running as root'))('without root, names port 25 as the problem (77)', () => {
     const r = runCli('mtad', ['--check'], instanceEnv(instance(), { MTAD_PORT: '25' }));
     expect(r.status).toBe(77);
     expect(r.stdout).toContain('problem: port 25 needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE');

@@ -2,11 +2,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, ROOT } from '../../src/config';
 
+const dirs: string[] = [];
+afterEach(() => { dirs.splice(0).forEach((d) => fs.rmSync(d, { recursive: true, force: true })); });
 const file = (text: string): string => {
-  const p = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-cfg-')), 'mtad.env');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-cfg-'));
+  dirs.push(dir);
+  const p = path.join(dir, 'mtad.env');
   fs.writeFileSync(p, text);
   return p;
 };
