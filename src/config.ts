@@ -36,6 +36,10 @@ export interface Config {
   shutdownGrace: number; // seconds
   reverseDns: boolean;
   trace: boolean;
+  /** Bytes; 0 = no limit. */
+  mailboxSizeLimit: number;
+  /** Characters that start an address extension (alice+lab3); empty = none. */
+  recipientDelimiter: string;
   /** The file the values came from, or null when none was read. */
   source: string | null;
 }
@@ -53,6 +57,7 @@ const KEYS = [
   'MTAD_LOG_LEVEL', 'MTAD_RUN_AS', 'MTAD_IDLE_TIMEOUT', 'MTAD_LOCK_TIMEOUT', 'MTAD_RETRY_MIN_DELAY',
   'MTAD_RETRY_MAX_DELAY', 'MTAD_SHUTDOWN_GRACE', 'MTAD_REVERSE_DNS', 'MTAD_TRACE',
   'MTAD_MAX_LINE_LENGTH', 'MTAD_MAX_ERRORS',
+  'MTAD_MAILBOX_SIZE_LIMIT', 'MTAD_RECIPIENT_DELIMITER',
 ] as const;
 
 const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -132,6 +137,19 @@ function parseRaw(raw: Raw): Config {
     fail('MTAD_RETRY_MAX_DELAY', String(retryMaxDelay), `must not be less than MTAD_RETRY_MIN_DELAY (${retryMinDelay})`);
   }
 
+  const maxMessageSize = num(get, 'MTAD_MAX_MESSAGE_SIZE', 10240000, 1024, 2 ** 40, true);
+  const mailboxSizeLimit = num(get, 'MTAD_MAILBOX_SIZE_LIMIT', 51200000, 0, 2 ** 50, true);
+  // Postfix's fatal error: a message under one limit but over the other could never be delivered.
+  if (mailboxSizeLimit && maxMessageSize > mailboxSizeLimit) {
+    fail('MTAD_MAX_MESSAGE_SIZE', String(maxMessageSize), `is above MTAD_MAILBOX_SIZE_LIMIT (${mailboxSizeLimit}): ` +
+      'a message that big could never be delivered (lower it, or raise MTAD_MAILBOX_SIZE_LIMIT; 0 = no mailbox limit)');
+  }
+  // Set but empty turns extensions off, so the raw value is read here, not through get().
+  const delimiter = raw.MTAD_RECIPIENT_DELIMITER === undefined ? '+' : raw.MTAD_RECIPIENT_DELIMITER.trim();
+  if (!/^[-+_=.~]{0,8}$/.test(delimiter)) {
+    fail('MTAD_RECIPIENT_DELIMITER', delimiter, 'must be empty or characters from + - _ = . ~ (e.g. +)');
+  }
+
   return {
     hostname,
     domains,
@@ -141,7 +159,7 @@ function parseRaw(raw: Raw): Config {
     queueDir,
     usersFile: resolvePath(get('MTAD_USERS_FILE') ?? 'etc/users'),
     aliasesFile: resolvePath(get('MTAD_ALIASES_FILE') ?? 'etc/aliases'),
-    maxMessageSize: num(get, 'MTAD_MAX_MESSAGE_SIZE', 10240000, 1024, 2 ** 40, true),
+    maxMessageSize,
     maxRecipients: num(get, 'MTAD_MAX_RECIPIENTS', 100, 1, 100000, true),
     maxClients: num(get, 'MTAD_MAX_CLIENTS', 100, 0, 1000000, true),
     maxClientsPerIp: num(get, 'MTAD_MAX_CLIENTS_PER_IP', 0, 0, 1000000, true),
@@ -158,6 +176,8 @@ function parseRaw(raw: Raw): Config {
     shutdownGrace: num(get, 'MTAD_SHUTDOWN_GRACE', 30, 0, 3600, false),
     reverseDns: bool(get, 'MTAD_REVERSE_DNS', false),
     trace: bool(get, 'MTAD_TRACE', false),
+    mailboxSizeLimit,
+    recipientDelimiter: delimiter,
     source: null,
   };
 }

@@ -38,6 +38,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     lockTimeoutMs: config.lockTimeout * 1000,
     createMode: createMode(config.spoolDir),
     intentDir: queue.appendingDir,
+    sizeLimit: config.mailboxSizeLimit,
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory);
   const receiving = new Set<Promise<unknown>>();

@@ -23,10 +23,13 @@ export interface LocalNames {
   domains: ReadonlySet<string>;
   /** Address literals that are ours, normalised: "[127.0.0.1]", "[ipv6:::1]". */
   literals: ReadonlySet<string>;
+  /** Characters that start an address extension (alice+lab3 is alice's); empty or absent: none. */
+  delimiter?: string;
 }
 
 export type Verdict =
-  | { ok: true; local: string; mailboxes: string[] }
+  /** `extension`: the part after the delimiter (with it, "+lab3"), carried to each mailbox's Delivered-To. */
+  | { ok: true; local: string; mailboxes: string[]; extension?: string }
   | { ok: false; reply: Reply };
 
 /** The mailbox postmaster's mail goes to when no alias hands it to a user. */
@@ -60,13 +63,30 @@ export function resolveRecipient(raw: string, address: string, dir: Directory, l
   return resolveLocal(localPart, shown, dir, local);
 }
 
+/**
+ * With the extension first, then without it, as Postfix does: an alias "lab+x"
+ * wins over "lab"; a user name that contains the delimiter is still found.
+ */
 function resolveLocal(localPart: string, shown: string, dir: Directory, local: LocalNames): Verdict {
   const name = localPart.toLowerCase();
+  const whole = resolveName(name, shown, dir, local);
+  const cut = whole.ok ? -1 : firstDelimiter(name, local.delimiter ?? '');
+  if (cut <= 0) return whole;
+  const base = resolveName(name.slice(0, cut), shown, dir, local);
+  return base.ok ? { ...base, extension: name.slice(cut) } : whole;
+}
+
+function firstDelimiter(name: string, delimiter: string): number {
+  const at = [...delimiter].map((d) => name.indexOf(d)).filter((i) => i >= 0);
+  return at.length ? Math.min(...at) : -1;
+}
+
+function resolveName(name: string, shown: string, dir: Directory, local: LocalNames): Verdict {
   if (name === POSTMASTER) {
     const boxes = expand(name, dir, local);
     return { ok: true, local: name, mailboxes: boxes.length ? boxes : [POSTMASTER] };
   }
-  if (!isValidName(name)) return deny(userUnknown(shown));
+  if (!isValidName(name) && !dir.aliases.has(name)) return deny(userUnknown(shown));
   const boxes = expand(name, dir, local);
   if (!boxes.length) return deny(userUnknown(shown));
   return { ok: true, local: name, mailboxes: boxes };

@@ -10,6 +10,7 @@ import { Directory, POSTMASTER } from '../policy';
 import { controlDir, FLUSH, lockFile, MessageLocks, takeRequests } from '../queue/control';
 import { Queue, QueuedMessage, QueueState, Recipient } from '../queue/queue';
 import type { Deliverer } from './deliverer';
+import type { DeliveryError } from './mailbox';
 
 /** A failure to make a message durable, with the reply the client gets. */
 export class TempFailure extends Error {
@@ -53,13 +54,24 @@ export class DeliveryAgent {
     return this.track(this.acceptNow(msg));
   }
 
+  /** Whether `mailbox` is at or over MTAD_MAILBOX_SIZE_LIMIT (for RCPT). */
+  isFull(mailbox: string): Promise<boolean> {
+    return this.deliverer.isFull(mailbox);
+  }
+
   private async acceptNow(msg: QueuedMessage): Promise<void> {
     const id = msg.envelope.id;
-    const { done, reason } = await this.attempt(msg, new Set());
+    const { done, reason, deferred } = await this.attempt(msg, new Set());
     if (reason === null) {
       if (msg.body.kind === 'file') await this.queue.discardTmp(id).catch(() => undefined);
       log.info(`${id}: removed`);
       return;
+    }
+    // No mailbox had room: the client hears so and keeps the message, as at RCPT; nothing is queued.
+    if (!done.size && [...deferred.values()].every((e) => e.enhanced === '4.2.2')) {
+      if (msg.body.kind === 'file') await this.queue.discardTmp(id).catch(() => undefined);
+      log.info(`${id}: not queued: ${reason}`);
+      throw new TempFailure(452, '4.2.2', 'Mailbox full');
     }
     const state: QueueState = { done: [...done], attempts: 1, lastReason: reason };
     state.nextAttempt = new Date(Date.now() + this.backoff(1)).toISOString();
@@ -152,12 +164,13 @@ export class DeliveryAgent {
   }
 
   /** Tries every mailbox not yet done; returns the mailboxes done and the first reason for a deferral. */
-  private async attempt(msg: QueuedMessage, done: Set<string>): Promise<{ done: Set<string>; reason: string | null }> {
+  private async attempt(msg: QueuedMessage, done: Set<string>): Promise<{ done: Set<string>; reason: string | null; deferred: Map<string, DeliveryError> }> {
     const { envelope } = msg;
     const started = Date.parse(envelope.received);
     let reason: string | null = null;
+    const deferred = new Map<string, DeliveryError>();
     await Promise.all(uniqueMailboxes(envelope.recipients).filter((r) => !done.has(r.mailbox)).map(async (r) => {
-      const deliveredTo = `${r.mailbox}@${this.config.hostname}`;
+      const deliveredTo = `${r.mailbox}${r.extension ?? ''}@${this.config.hostname}`;
       const outcome = await this.deliverer.deliver(r.mailbox, { sender: envelope.sender, deliveredTo, body: msg.body });
       const delay = ((Date.now() - started) / 1000).toFixed(2);
       const orig = r.address.toLowerCase() === deliveredTo ? '' : `, orig_to=<${r.address}>`;
@@ -166,10 +179,11 @@ export class DeliveryAgent {
         log.info(`${envelope.id}: to=<${deliveredTo}>${orig}, relay=local, delay=${delay}, dsn=2.0.0, status=sent (delivered to mailbox)`);
       } else {
         reason ??= outcome.error.message;
+        deferred.set(r.mailbox, outcome.error);
         log.info(`${envelope.id}: to=<${deliveredTo}>${orig}, relay=local, delay=${delay}, dsn=${outcome.error.enhanced}, status=deferred (${outcome.error.message})`);
       }
     }));
-    return { done, reason };
+    return { done, reason, deferred };
   }
 
   private schedule(id: string, delayMs: number): void {

@@ -2,6 +2,7 @@
 // invariant 4). Deliveries that arrive while a mailbox is being written wait and
 // then go in together: one lock acquisition and one fsync for the whole batch.
 // That is where a busy single mailbox is won.
+import fs from 'node:fs';
 import path from 'node:path';
 import { log } from '../log';
 import { Body, DeliveryError, Entry, LockedMailbox } from './mailbox';
@@ -42,6 +43,8 @@ export interface DelivererOptions {
   createMode: number;
   /** Where an append in progress is recorded, one file per mailbox (the queue's appending/). */
   intentDir: string;
+  /** Largest mailbox in bytes (MTAD_MAILBOX_SIZE_LIMIT); 0 = none. */
+  sizeLimit?: number;
 }
 
 export class Deliverer {
@@ -71,6 +74,14 @@ export class Deliverer {
     return new Promise((r) => this.idleWaiters.push(r));
   }
 
+  /** Whether the mailbox is at or over the size limit: one stat, for RCPT time (a missing mailbox is empty). */
+  async isFull(mailbox: string): Promise<boolean> {
+    const limit = this.opts.sizeLimit ?? 0;
+    if (!limit) return false;
+    const st = await fs.promises.stat(this.mailboxPath(mailbox)).catch(() => null);
+    return !!st && st.size >= limit;
+  }
+
   mailboxPath(mailbox: string): string {
     return path.join(this.opts.spoolDir, mailbox);
   }
@@ -97,13 +108,14 @@ export class Deliverer {
         const held = Date.now();
         try {
           do {
-            const batch = takeBatch(w.waiting);
             const now = new Date();
-            const entries: Entry[] = batch.map(({ delivery: d }) => ({
-              prefix: entryPrefix(d.sender, d.deliveredTo, now),
-              body: d.body,
-              suffix: ENTRY_SUFFIX,
+            const all = takeBatch(w.waiting).map((b) => ({
+              ...b,
+              entry: { prefix: entryPrefix(b.delivery.sender, b.delivery.deliveredTo, now), body: b.delivery.body, suffix: ENTRY_SUFFIX },
             }));
+            const batch = this.withinLimit(mailbox, mb.bytes, all);
+            if (!batch.length) continue;
+            const entries: Entry[] = batch.map((b) => b.entry);
             let outcome: Outcome;
             try {
               await mb.append(entries);
@@ -124,6 +136,22 @@ export class Deliverer {
       this.writers.delete(mailbox);
       if (--this.active === 0) this.idleWaiters.splice(0).forEach((r) => r());
     }
+  }
+
+  /**
+   * The deliveries that fit under the mailbox size limit, in order; the others are
+   * answered "mailbox full" (4.2.2: the user can make room) before a byte is written.
+   */
+  private withinLimit<T extends Waiting & { entry: Entry }>(mailbox: string, size: number, batch: T[]): T[] {
+    const limit = this.opts.sizeLimit ?? 0;
+    if (!limit) return batch;
+    let total = size;
+    return batch.filter((b) => {
+      const len = b.entry.prefix.length + b.entry.body.length + b.entry.suffix.length;
+      if (total + len <= limit) { total += len; return true; }
+      b.resolve({ ok: false, error: new DeliveryError('4.2.2', `mailbox ${mailbox} is full (${size} bytes, limit ${limit})`) });
+      return false;
+    });
   }
 
   /** Whether to append again under the locks held since `held`, waiting briefly for a next delivery. */

@@ -85,6 +85,9 @@ export class LockedMailbox {
     }
   }
 
+  /** The mailbox's size now (we hold both locks: nobody else appends). */
+  get bytes(): number { return this.size; }
+
   /** Appends and fdatasyncs the entries; on error the mailbox is back at its old size. */
   async append(entries: Entry[]): Promise<void> {
     const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);

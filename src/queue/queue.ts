@@ -13,6 +13,8 @@ export interface Recipient {
   address: string;
   /** The mailbox (user name) it resolved to. */
   mailbox: string;
+  /** The address extension it carried ("+lab3"), kept in Delivered-To. */
+  extension?: string;
 }
 
 export interface Envelope {

@@ -31,6 +31,7 @@ export class SmtpError extends Error {
 
 interface RcptAddress extends ParsedAddress {
   mailboxes?: string[];
+  extension?: string;
 }
 
 type Session = SMTPServerSession & { counted?: boolean };
@@ -96,7 +97,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       const a = address as unknown as RcptAddress;
       const verdict = resolveRecipient(a.raw ?? a.address, a.address, await deps.directory(), local);
       if (!verdict.ok) throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
+      // Temporary, as Postfix's 4.2.2: the user can make room. An alias is refused only when all of it is full.
+      if ((await Promise.all(verdict.mailboxes.map((b) => deps.agent.isFull(b)))).every(Boolean)) {
+        throw reject('RCPT', session, new SmtpError(452, '4.2.2', `<${printable(a.raw ?? a.address)}>: Mailbox full`), a.raw ?? a.address);
+      }
       a.mailboxes = verdict.mailboxes;
+      a.extension = verdict.extension;
     }),
 
     onData: guard((stream: Readable, session: SMTPServerSession) => {
@@ -122,7 +128,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     const rcpts = session.envelope.rcptTo as unknown as RcptAddress[];
     const id = Queue.newId();
     const now = new Date();
-    const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox })));
+    const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox, ...(r.extension ? { extension: r.extension } : {}) })));
     const envelope: Envelope = { v: 1, id, sender, recipients, received: now.toISOString(), client: session.remoteAddress };
     const header = receivedHeader({
       helo: session.hostNameAppearsAs ?? '',
@@ -224,7 +230,7 @@ export function localNames(config: Config): LocalNames {
   } else {
     add(config.host);
   }
-  return { domains: new Set(config.domains), literals };
+  return { domains: new Set(config.domains), literals, delimiter: config.recipientDelimiter };
 }
 
 function extraCommands(deps: SmtpDeps, local: LocalNames): ExtraCommands {

@@ -343,6 +343,8 @@ async function startMtad(extraEnv = {}) {
     PATH: process.env.PATH, HOME: process.env.HOME, MTAD_CONFIG: '/dev/null',
     MTAD_HOST: HOST, MTAD_PORT: String(await freePort()), MTAD_HOSTNAME: DOMAIN, MTAD_DOMAINS: DOMAIN,
     MTAD_SPOOL_DIR: spool, MTAD_USERS_FILE: users, MTAD_ALIASES_FILE: path.join(dir, 'aliases'),
+    // A run writes hundreds of MiB into a few mailboxes: no mailbox limit, as Debian's Postfix.
+    MTAD_MAILBOX_SIZE_LIMIT: '0',
     // MTAD_EXTRA_ENV="K=V K2=V2": more settings for mtad, e.g. MTAD_LOG_LEVEL=warn to see what logging costs
     ...Object.fromEntries(list(process.env.MTAD_EXTRA_ENV || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
     ...extraEnv,

@@ -41,7 +41,7 @@ describe('managing users while mtad runs', () => {
 
     const list = runCli('mta-users', [], mtad.cliEnv());
     expect(list.status).toBe(0);
-    expect(list.stdout).toMatch(/^frank\s+yes\s+0\s+Frank Zappa$/m);
+    expect(list.stdout).toMatch(/^frank\s+yes\s+0\s+51200000\s+Frank Zappa$/m);
     expect(list.stdout).toMatch(/^alice\s+no\s/m);
   });
 

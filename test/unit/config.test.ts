@@ -52,6 +52,9 @@ describe('configuration', () => {
     ['MTAD_VRFY', 'maybe', /^MTAD_VRFY: "maybe" must be yes or no/],
     ['MTAD_LOG_LEVEL', 'loud', /^MTAD_LOG_LEVEL: "loud" must be one of/],
     ['MTAD_RETRY_MAX_DELAY', '1', /^MTAD_RETRY_MAX_DELAY: "1" must not be less than MTAD_RETRY_MIN_DELAY/],
+    ['MTAD_MAILBOX_SIZE_LIMIT', '50M', /^MTAD_MAILBOX_SIZE_LIMIT: "50M" is not a whole number/],
+    ['MTAD_MAILBOX_SIZE_LIMIT', '10000', /^MTAD_MAX_MESSAGE_SIZE: "10240000" is above MTAD_MAILBOX_SIZE_LIMIT \(10000\): a message that big could never be delivered/],
+    ['MTAD_RECIPIENT_DELIMITER', '@', /^MTAD_RECIPIENT_DELIMITER: "@" must be empty or characters from/],
   ])('%s=%s is refused with one line naming the key', (key, value, re) => {
     let err: unknown;
     try { loadConfig({ MTAD_CONFIG: '/dev/null', [key]: value }); } catch (e) { err = e; }
@@ -59,6 +62,15 @@ describe('configuration', () => {
     expect((err as ConfigError).message).toMatch(re);
     expect((err as ConfigError).message).not.toMatch(/\n/);
     expect((err as ConfigError).exitCode).toBe(78);
+  });
+
+  it('reads the mailbox keys: Postfix defaults, an empty delimiter as none', () => {
+    expect(loadConfig({ MTAD_CONFIG: '/dev/null' })).toMatchObject({ mailboxSizeLimit: 51200000, recipientDelimiter: '+' });
+    expect(loadConfig({
+      MTAD_CONFIG: '/dev/null', MTAD_RECIPIENT_DELIMITER: '', MTAD_MAILBOX_SIZE_LIMIT: '0', MTAD_MAX_MESSAGE_SIZE: '99999999',
+    })).toMatchObject({ recipientDelimiter: '', mailboxSizeLimit: 0 });
+    expect(loadConfig({ MTAD_CONFIG: file('MTAD_RECIPIENT_DELIMITER=\n') })).toMatchObject({ recipientDelimiter: '' });
+    expect(loadConfig({ MTAD_CONFIG: '/dev/null', MTAD_RECIPIENT_DELIMITER: '+-' })).toMatchObject({ recipientDelimiter: '+-' });
   });
 
   it('refuses an unknown key in the file and a named file that is missing', () => {

@@ -82,3 +82,52 @@ describe('recipient policy', () => {
     expect(expand('outside', dir, local)).toEqual([]);
   });
 });
+
+describe('address extensions (MTAD_RECIPIENT_DELIMITER)', () => {
+  const ext: Directory = {
+    users: new Map(['alice', 'bob', 'carol', 'mary-ann'].map((n) => [n, { name: n, password: '!', gecos: '' }])),
+    aliases: new Map<string, string[]>([
+      ['lab', ['alice', 'bob']],
+      ['lab+grades', ['carol']],
+    ]),
+  };
+  const names = (delimiter: string): LocalNames => ({ ...local, delimiter });
+  const with_ = (raw: string, delimiter = '+') => resolveRecipient(raw, raw, ext, names(delimiter));
+
+  it.each([
+    ['alice+lab3@lab.test', ['alice'], '+lab3'],
+    ['Alice+Tag@LAB.TEST', ['alice'], '+tag'],
+    ['alice+', ['alice'], '+'],
+    ['alice+a+b', ['alice'], '+a+b'],
+    ['postmaster+x', ['postmaster'], '+x'],
+    // An alias with the extension is matched first; without it, the alias's extension goes on to its users.
+    ['lab+grades@lab.test', ['carol'], undefined],
+    ['LAB+Grades', ['carol'], undefined],
+    ['lab+other', ['alice', 'bob'], '+other'],
+    ['alice', ['alice'], undefined],
+  ])('%s reaches %j with extension %j', (raw, boxes, extension) => {
+    const v = with_(raw);
+    expect(v).toMatchObject({ ok: true, mailboxes: boxes });
+    if (v.ok) expect(v.extension).toBe(extension);
+  });
+
+  it('finds a user whose name contains the delimiter before cutting at it', () => {
+    expect(with_('mary-ann', '-')).toEqual({ ok: true, local: 'mary-ann', mailboxes: ['mary-ann'] });
+    // Cut at the first delimiter only, as Postfix does: "mary" is nobody.
+    expect(with_('mary-ann-x', '-').ok).toBe(false);
+    expect(with_('bob-x', '-+')).toMatchObject({ ok: true, mailboxes: ['bob'], extension: '-x' });
+    expect(with_('bob+x', '-+')).toMatchObject({ ok: true, mailboxes: ['bob'], extension: '+x' });
+  });
+
+  it.each([
+    ['alice+lab3', ''],
+    ['alice-lab3', '+'],
+    ['eve+x', '+'],
+    ['+x', '+'],
+    ['alice+x@remote.example', '+'],
+  ])('refuses %s with delimiter %j, naming the whole address', (raw, delimiter) => {
+    const v = with_(raw, delimiter);
+    expect(v.ok).toBe(false);
+    if (!v.ok) expect(v.reply.text).toContain(`<${raw}>`);
+  });
+});
