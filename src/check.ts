@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { queueHolder } from './queue/pidfile';
+import { queueHolder, spoolHolder } from './queue/pidfile';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
 import { Config, describeErrno, ROOT } from './config';
@@ -43,10 +43,14 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   if (config.port > 0 && config.port < 1024 && !isRoot() && !hasBindCapability()) {
     problem(`port ${config.port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE (the systemd unit); or set MTAD_PORT=2525`, 77);
   }
-  const other = queueHolder(config.queueDir);
-  // Checking the configuration of the mtad that runs (before restarting it) is the common case: not a problem.
-  if (other !== null) row('running', `mtad${other ? ` (pid ${other})` : ''} serves this queue now (a second one would stop, exit 75)`);
-  else if (config.port !== 0 && (config.port >= 1024 || isRoot() || hasBindCapability())) {
+  // One spool, one mtad (and one queue): while one serves it, another would not start, whatever else is right.
+  const spoolOwner = spoolHolder(config.spoolDir);
+  const other = spoolOwner ?? queueHolder(config.queueDir);
+  if (other !== null) {
+    const pid = other ? ` (pid ${other})` : '';
+    problem(`another mtad${pid} is already running on the ${spoolOwner !== null ? `spool ${config.spoolDir}` : `queue ${config.queueDir}`}: ` +
+      `a second one would not start; stop it first${other ? ` (kill ${other})` : ''}, or give this one its own MTAD_SPOOL_DIR`, 75);
+  } else if (config.port !== 0 && (config.port >= 1024 || isRoot() || hasBindCapability())) {
     const busy = await portInUse(config.host, config.port);
     if (busy) problem(`port ${config.port} on ${config.host} is already in use (another mail server, such as Postfix or Exim?)`, 69);
   }

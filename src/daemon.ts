@@ -13,7 +13,7 @@ import { sweepStaleLocks } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
-import { lockQueue } from './queue/pidfile';
+import { lockQueue, lockSpool, pidFileHolder, PidLock, queuePidFile, spoolPidFile } from './queue/pidfile';
 import { mailboxMode } from './system/spool';
 import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
@@ -45,15 +45,15 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const server = createSmtpServer({ config, queue, agent, directory, receiving });
 
   const address = await listen(server, config, () => { if (runAs) dropPrivileges(runAs); });
-  let pidFd: number | null = null;
+  const pidFds: number[] = [];
   try {
-    checkAccess(config, runAs);
+    checkSpoolAccess(config, runAs);
+    // One spool, one mtad: taken before anything in the spool or the queue is
+    // touched, since the sweep below trusts that what it finds was left by a dead mtad.
+    pidFds.push(await takePidLock('spool', config.spoolDir));
+    checkQueueAccess(config, runAs);
+    pidFds.push(await takePidLock('queue', config.queueDir));
     queue.initSync();
-    const queueLock = await lockQueue(config.queueDir);
-    if ('holder' in queueLock) {
-      throw new StartupError(`mtad: another mtad${queueLock.holder ? ` (pid ${queueLock.holder})` : ''} is already running on the queue ${config.queueDir}`, 75);
-    }
-    pidFd = queueLock.fd;
     const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir);
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
@@ -65,7 +65,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     }
   } catch (err) {
     server.close();
-    if (pidFd !== null) fs.closeSync(pidFd);
+    for (const fd of pidFds) fs.closeSync(fd);
     throw err;
   }
 
@@ -85,7 +85,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
         await new Promise<void>((resolve) => server.close(() => resolve()));
         while (receiving.size) await Promise.allSettled([...receiving]);
         await agent.close();
-        if (pidFd !== null) fs.closeSync(pidFd);
+        for (const fd of pidFds) fs.closeSync(fd);
         log.info('stopped');
       })();
       return closing;
@@ -114,6 +114,22 @@ function listen(server: SMTPServer, config: Config, whenBound: () => void): Prom
   });
 }
 
+/** Takes the spool's or the queue's pid lock: the descriptor to keep, or the StartupError (75) that names the mtad holding it. */
+async function takePidLock(what: 'spool' | 'queue', dir: string): Promise<number> {
+  const file = what === 'spool' ? spoolPidFile(dir) : queuePidFile(dir);
+  let lock: PidLock;
+  try {
+    lock = what === 'spool' ? await lockSpool(dir) : await lockQueue(dir);
+  } catch (err) {
+    // A lock file left by an mtad that ran as another user: if one holds it still, name it.
+    const holder = pidFileHolder(file);
+    if (holder === null) throw new StartupError(`mtad: cannot open ${file}, the lock of the ${what}: ${describeErrno(err)}`, 77);
+    lock = { holder };
+  }
+  if ('fd' in lock) return lock.fd;
+  throw new StartupError(`mtad: another mtad${lock.holder ? ` (pid ${lock.holder})` : ''} is already running on the ${what} ${dir}`, 75);
+}
+
 function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
   const where = `port ${config.port} on ${config.host}`;
   switch (err.code) {
@@ -130,8 +146,10 @@ function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {
   }
 }
 
-function checkAccess(config: Config, runAs: SystemUser | null): void {
-  const who = runAs ? `user ${userLabel(runAs)} (uid ${runAs.uid})` : 'this user';
+const whoLabel = (runAs: SystemUser | null): string => (runAs ? `user ${userLabel(runAs)} (uid ${runAs.uid})` : 'this user');
+
+function checkSpoolAccess(config: Config, runAs: SystemUser | null): void {
+  const who = whoLabel(runAs);
   const fix = runAs ? `chown ${runAs.name || runAs.uid} ${config.spoolDir}, or set MTAD_RUN_AS to a user who can` : 'run mtad as the owner, or choose another MTAD_SPOOL_DIR';
   const closed = closedAncestor(config.spoolDir);
   if (closed) {
@@ -150,6 +168,10 @@ function checkAccess(config: Config, runAs: SystemUser | null): void {
   } catch {
     throw new StartupError(`mtad: ${who} cannot write the spool directory ${config.spoolDir}: ${fix}`, 77);
   }
+}
+
+function checkQueueAccess(config: Config, runAs: SystemUser | null): void {
+  const who = whoLabel(runAs);
   try {
     fs.mkdirSync(config.queueDir, { recursive: true, mode: 0o700 });
     fs.accessSync(config.queueDir, fs.constants.W_OK | fs.constants.X_OK);

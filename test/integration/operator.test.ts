@@ -98,13 +98,19 @@ describe('mtad refuses bad set-ups plainly', () => {
     expectOneLine(r, new RegExp(`^mtad: user nobody \\(uid 65534\\) cannot reach the spool ${dir}/spool: ${dir} is closed to it \\(put mtad where other users can enter`));
   });
 
-  it('refuses a second mtad on the same queue', async () => {
+  it('refuses a second mtad on the same spool, and on the same queue from another spool', async () => {
     const dir = instance();
     const first = await startMtad({ dir });
-    const r = runMtad(instanceEnv(dir));
-    expect(r.status).toBe(75);
-    expectOneLine(r, new RegExp(`^mtad: another mtad \\(pid ${first.pid}\\) is already running on the queue `));
-    expect((await first.stop()).code).toBe(0);
+    try {
+      const r = runMtad(instanceEnv(dir));
+      expect(r.status).toBe(75);
+      expectOneLine(r, new RegExp(`^mtad: another mtad \\(pid ${first.pid}\\) is already running on the spool ${dir}/spool$`));
+      const other = runMtad(instanceEnv(instance(), { MTAD_QUEUE_DIR: first.queue }));
+      expect(other.status).toBe(75);
+      expectOneLine(other, new RegExp(`^mtad: another mtad \\(pid ${first.pid}\\) is already running on the queue ${first.queue}$`));
+    } finally {
+      expect((await first.stop()).code).toBe(0);
+    }
   });
 
   it('exits 0 on SIGTERM when idle, after saying so', async () => {

@@ -128,13 +128,14 @@ describe('mtad --check', () => {
 });
 
 describe('mtad --check beside a running mtad', () => {
-  it('says which mtad serves the queue now, and finds a port that another server holds (69)', async () => {
+  it('says which mtad serves the spool now, as a second mtad would (75), and finds a port that another server holds (69)', async () => {
     const { startMtad } = await import('../helpers/mtad');
     const m = await startMtad();
     try {
       const r = runCli('mtad', ['--check'], m.cliEnv());
-      expect(r.status, r.stdout).toBe(0);
-      expect(r.stdout).toMatch(new RegExp(`^running +mtad \\(pid ${m.pid}\\) serves this queue now \\(a second one would stop, exit 75\\)$`, 'm'));
+      expect(r.status, r.stdout).toBe(75);
+      expect(r.stdout).toMatch(new RegExp(`^problem: another mtad \\(pid ${m.pid}\\) is already running on the spool `, 'm'));
+      expect(r.stdout).toMatch(/: mtad would not start$/m);
       const second = runCli('mtad', [], { ...m.cliEnv(), MTAD_PORT: '0' });
       expect(second.status).toBe(75);
       // and a port someone else holds, when the queue is another one (mtad would exit 69)
