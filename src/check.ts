@@ -14,6 +14,7 @@ import { Directory, expand, POSTMASTER } from './policy';
 import { localNames } from './smtp/server';
 import { SystemUser, userById } from './system/passwd';
 import { chooseRunAs, isRoot } from './system/privileges';
+import { readTls } from './tls';
 
 export interface Problem {
   text: string;
@@ -77,6 +78,22 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     // A queue inside a spool already found wanting would only repeat the same problem.
     const inSpool = config.queueDir.startsWith(`${config.spoolDir}/`);
     if (!(inSpool && problems.length > before)) row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
+  }
+
+  if (config.tlsCert && config.tlsKey) {
+    try {
+      const m = readTls(config.tlsCert, config.tlsKey);
+      row('tls', `STARTTLS${config.tlsRequired ? ' (required before MAIL)' : ''}: ${m.summary}  (${config.tlsCert})`);
+    } catch (err) {
+      const e = err as Error & { exitCode: number };
+      problem(e.message, e.exitCode);
+    }
+    for (const f of who ? [config.tlsCert, config.tlsKey] : []) {
+      const st = statOrNull(f);
+      if (st && !allowed(st, who!, 0o4)) problem(`${who!.label} cannot read ${f} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): chgrp it to that user's group and chmod 640`, 77);
+    }
+  } else {
+    row('tls', 'off (MTAD_TLS_CERT and MTAD_TLS_KEY unset): no STARTTLS');
   }
 
   const users = readAccounts(config.usersFile, 'users', problem, (t) => parseUsers(t));

@@ -40,6 +40,11 @@ export interface Config {
   mailboxSizeLimit: number;
   /** Characters that start an address extension (alice+lab3); empty = none. */
   recipientDelimiter: string;
+  /** PEM certificate (chain) and key for STARTTLS and STLS; null: no TLS, nothing advertised. */
+  tlsCert: string | null;
+  tlsKey: string | null;
+  /** Refuse MAIL (SMTP) and USER/PASS/AUTH (POP3) until the session is encrypted. */
+  tlsRequired: boolean;
   /** The file the values came from, or null when none was read. */
   source: string | null;
 }
@@ -58,9 +63,10 @@ const KEYS = [
   'MTAD_RETRY_MAX_DELAY', 'MTAD_SHUTDOWN_GRACE', 'MTAD_REVERSE_DNS', 'MTAD_TRACE',
   'MTAD_MAX_LINE_LENGTH', 'MTAD_MAX_ERRORS',
   'MTAD_MAILBOX_SIZE_LIMIT', 'MTAD_RECIPIENT_DELIMITER',
+  'MTAD_TLS_CERT', 'MTAD_TLS_KEY', 'MTAD_TLS_REQUIRED',
 ] as const;
 
-const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+export const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
 
 export const DEFAULT_CONFIG_FILE = path.join(ROOT, 'etc', 'mtad.env');
 
@@ -149,6 +155,13 @@ function parseRaw(raw: Raw): Config {
   if (!/^[-+_=.~]{0,8}$/.test(delimiter)) {
     fail('MTAD_RECIPIENT_DELIMITER', delimiter, 'must be empty or characters from + - _ = . ~ (e.g. +)');
   }
+  const tlsCert = get('MTAD_TLS_CERT');
+  const tlsKey = get('MTAD_TLS_KEY');
+  if (!tlsCert !== !tlsKey) {
+    fail(tlsCert ? 'MTAD_TLS_KEY' : 'MTAD_TLS_CERT', '', `must be set too when ${tlsCert ? 'MTAD_TLS_CERT' : 'MTAD_TLS_KEY'} is (a certificate and its key: mta-certificate makes both)`);
+  }
+  const tlsRequired = bool(get, 'MTAD_TLS_REQUIRED', false);
+  if (tlsRequired && !tlsCert) fail('MTAD_TLS_REQUIRED', get('MTAD_TLS_REQUIRED')!, 'needs MTAD_TLS_CERT and MTAD_TLS_KEY');
 
   return {
     hostname,
@@ -178,6 +191,9 @@ function parseRaw(raw: Raw): Config {
     trace: bool(get, 'MTAD_TRACE', false),
     mailboxSizeLimit,
     recipientDelimiter: delimiter,
+    tlsCert: tlsCert ? resolvePath(tlsCert) : null,
+    tlsKey: tlsKey ? resolvePath(tlsKey) : null,
+    tlsRequired,
     source: null,
   };
 }

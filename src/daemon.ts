@@ -14,6 +14,7 @@ import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer } from './smtp/server';
 import { lockQueue, lockSpool, pidFileHolder, PidLock, queuePidFile, spoolPidFile } from './queue/pidfile';
+import { TlsError, TlsFiles } from './tls';
 import { mailboxMode } from './system/spool';
 import { adoptCheckoutSpool, chooseRunAs, closedAncestor, dropPrivileges, StartupError } from './system/privileges';
 import type { SystemUser } from './system/passwd';
@@ -24,6 +25,8 @@ export interface Daemon {
   address: AddressInfo;
   /** Stops accepting, lets transactions finish (or answers 421 after the grace time), finishes deliveries. */
   close(): Promise<void>;
+  /** SIGHUP: reads again what may change while running (the TLS certificate); never stops mtad. */
+  reload(): void;
 }
 
 export async function startDaemon(config: Config): Promise<Daemon> {
@@ -42,9 +45,20 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory);
   const receiving = new Set<Promise<unknown>>();
-  const server = createSmtpServer({ config, queue, agent, directory, receiving });
+  const tls = loadTls(config);
+  const server = createSmtpServer({ config, queue, agent, directory, receiving, tls });
 
-  const address = await listen(server, config, () => { if (runAs) dropPrivileges(runAs); });
+  const address = await listen(server, config, () => {
+    if (!runAs) return;
+    dropPrivileges(runAs);
+    // Read again as the user mtad now is: a key only root can read would work until the first SIGHUP.
+    try {
+      tls?.loadSync();
+    } catch (err) {
+      throw new StartupError(`mtad: user ${userLabel(runAs)}, which mtad runs as, cannot use the TLS files: ${(err as Error).message} ` +
+        `(chown ${runAs.name || runAs.uid} ${config.tlsKey}; chmod 600 ${config.tlsKey})`, 77);
+    }
+  });
   const pidFds: number[] = [];
   try {
     checkSpoolAccess(config, runAs);
@@ -74,6 +88,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   if (adopted) log.info(`gave the spool ${config.spoolDir} to ${userLabel(runAs)}, the user mtad runs as`);
   log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
     `spool ${config.spoolDir}, running as ${who}`);
+  if (tls) {
+    log.info(`TLS: STARTTLS offered${config.tlsRequired ? ' and required' : ''}, certificate ${config.tlsCert}: ${tls.current.summary}`);
+    if (tls.current.expired) log.warn(`TLS: the certificate ${config.tlsCert} has expired: clients will refuse it (make a new one with mta-certificate --force)`);
+  }
   await agent.recover();
 
   let closing: Promise<void> | null = null;
@@ -90,7 +108,20 @@ export async function startDaemon(config: Config): Promise<Daemon> {
       })();
       return closing;
     },
+    reload() {
+      tls?.reload();
+    },
   };
+}
+
+function loadTls(config: Config): TlsFiles | null {
+  if (!config.tlsCert || !config.tlsKey) return null;
+  try {
+    return new TlsFiles(config.tlsCert, config.tlsKey);
+  } catch (err) {
+    if (err instanceof TlsError) throw new StartupError(`mtad: ${err.message}`, err.exitCode);
+    throw err;
+  }
 }
 
 function listen(server: SMTPServer, config: Config, whenBound: () => void): Promise<AddressInfo> {

@@ -9,7 +9,8 @@ const USAGE = `usage: mtad [--trace] [--check] [--help] [--version]
 
 Runs the mail server: SMTP on MTAD_HOST:MTAD_PORT, delivery into MTAD_SPOOL_DIR.
 Settings come from etc/mtad.env (or the file MTAD_CONFIG names), and the
-environment overrides them. Stop it with Ctrl-C or SIGTERM.
+environment overrides them. Stop it with Ctrl-C or SIGTERM; SIGHUP rereads the
+TLS certificate and key.
   --trace    print every session's dialogue (C: and S: lines), as MTAD_TRACE=yes does
   --check    check the configuration, the users and aliases files and the spool and
              queue permissions, show what mtad would listen on and accept, and exit
@@ -60,6 +61,11 @@ runMain('mtad', async (argv) => {
   process.on('SIGINT', () => stop('SIGINT'));
   // `mtad | head`: with nobody left to read the log, stop as on SIGTERM (deliveries finish) rather than die.
   onOutputClosed(() => { if (!stopping) stop('EPIPE'); });
+  // Without a handler SIGHUP would end mtad without a word; it rereads what can change instead.
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP received: reloading');
+    daemon?.reload();
+  });
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
   daemon = await startDaemon(config);
   if (stopping) shutdown(daemon);

@@ -11,7 +11,11 @@
 //  - limits: a command line over MTAD_MAX_LINE_LENGTH gets 500 and the session goes
 //    on (the library closes with 421), errors are counted like Postfix's
 //    smtpd_hard_error_limit (the library stops at 10 unrecognised commands, fixed),
-//    and the idle timeout says who is closing, as Postfix does.
+//    and the idle timeout says who is closing, as Postfix does;
+//  - STARTTLS: a handshake that never finishes is logged with its reason (the
+//    library only emits an error event, or nothing when the client just leaves).
+//    Input pipelined after STARTTLS is already discarded by the library (upgrade()
+//    retires the plaintext parser); test/integration/tls.test.ts holds it to that.
 import { SMTPServer } from 'smtp-server';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
@@ -45,6 +49,7 @@ export function hardLineCap(maxLineLength: number): number {
 
 interface ConnectionState {
   name: string;
+  _upgrading?: boolean;
   _closing?: boolean;
   _closed?: boolean;
   _unrecognizedCommands: number;
@@ -64,6 +69,8 @@ interface ConnectionClass {
     send: Connection['send'];
     _setListeners: (cb: () => void) => void;
     _parseAddressCommand: (name: string, command: Buffer | string) => ParsedAddress | false;
+    upgrade: (...args: unknown[]) => void;
+    _onError: (err: Error) => void;
   };
 }
 
@@ -104,7 +111,7 @@ export function installInternals(): void {
   }
   const proto = SMTPConnection.prototype;
   for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP',
-    '_onCommand', '_onTimeout', '_whenWritable']) {
+    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS']) {
     if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
   }
 
@@ -159,6 +166,21 @@ export function installInternals(): void {
     } finally {
       this.mtadTimingOut = false;
     }
+  };
+
+  // session.mtadStartTls: true from STARTTLS's 220 until onSecure clears it, then the
+  // error that ended the handshake; onClose logs it when the handshake never finished.
+  const upgrade = proto.upgrade;
+  proto.upgrade = function (this: Connection & ConnectionState, ...args: unknown[]) {
+    this.session.mtadStartTls = true;
+    upgrade.apply(this, args);
+  };
+  const onError = proto._onError;
+  proto._onError = function (this: Connection & ConnectionState, err: Error) {
+    // OpenSSL's message is a multi-line dump; its reason ("unsupported protocol") is the part a reader needs.
+    const reason = (err as Error & { reason?: string }).reason ?? err.message.split('\n')[0];
+    if (this._upgrading && this.session.mtadStartTls) this.session.mtadStartTls = reason || 'handshake failed';
+    onError.call(this, err);
   };
 
   const parse = proto._parseAddressCommand;

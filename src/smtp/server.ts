@@ -4,6 +4,7 @@
 // raised (SmtpError), and this file alone writes them to the client and the log.
 import os from 'node:os';
 import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import { SMTPServer, SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { Config } from '../config';
 import { DeliveryAgent, storageFailure, TempFailure } from '../delivery/agent';
@@ -12,8 +13,9 @@ import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
+import { MIN_TLS_VERSION, TlsFiles } from '../tls';
 import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
-import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger } from './trace';
+import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger, traceTls } from './trace';
 
 export class SmtpError extends Error {
   readonly responseCode: number;
@@ -34,7 +36,7 @@ interface RcptAddress extends ParsedAddress {
   extension?: string;
 }
 
-type Session = SMTPServerSession & { counted?: boolean };
+type Session = SMTPServerSession & { counted?: boolean; mtadStartTls?: string | true };
 
 export interface SmtpDeps {
   config: Config;
@@ -43,11 +45,14 @@ export interface SmtpDeps {
   directory: () => Promise<Directory>;
   /** Messages being received: shutdown waits for them, so that a cut-off one is cleaned up before exit. */
   receiving?: Set<Promise<unknown>>;
+  /** The certificate for STARTTLS; null: STARTTLS is neither offered nor accepted. */
+  tls?: TlsFiles | null;
 }
 
 export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   installInternals();
   const { config } = deps;
+  const tls = deps.tls ?? null;
   const local = localNames(config);
   const perIp = new Map<string, number>();
 
@@ -66,8 +71,10 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     heloResponse: '%s',
     // The teaching trace reads the dialogue from the library's debug log; off, there is no logger at all.
     logger: config.trace ? traceLogger(() => server) : false,
-    disabledCommands: ['AUTH', 'STARTTLS'],
-    hideSTARTTLS: true,
+    disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    hideSTARTTLS: !tls,
+    // Without a certificate of ours the library would offer its built-in one, whose key is public.
+    ...(tls ? { key: tls.current.key, cert: tls.current.cert, minVersion: MIN_TLS_VERSION } : {}),
     authOptional: true,
     hideENHANCEDSTATUSCODES: false,
     hideDSN: true,
@@ -91,7 +98,17 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
       log.info(`connect from ${client(session)}`);
     }),
 
-    onMailFrom: guard((_address: SMTPServerAddress, _session: SMTPServerSession) => undefined),
+    onSecure: guard((socket: TLSSocket, session: SMTPServerSession) => {
+      (session as Session).mtadStartTls = undefined;
+      log.info(`TLS connection established from ${client(session)}: ${socket.getProtocol()} with cipher ${socket.getCipher().name}`);
+      if (config.trace) traceTls(session.remoteAddress, session.remotePort, socket);
+    }),
+
+    onMailFrom: guard((_address: SMTPServerAddress, session: SMTPServerSession) => {
+      if (config.tlsRequired && !session.secure) {
+        throw reject('MAIL', session, new SmtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
+      }
+    }),
 
     onRcptTo: guard(async (address: SMTPServerAddress, session: SMTPServerSession) => {
       const a = address as unknown as RcptAddress;
@@ -114,6 +131,11 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     }),
 
     onClose(session: Session) {
+      // Set by STARTTLS (internals.ts), cleared by onSecure: the handshake never finished.
+      if (session.mtadStartTls) {
+        const why = session.mtadStartTls === true ? 'lost connection' : session.mtadStartTls;
+        log.info(`SSL_accept error from ${client(session)}: ${why}`);
+      }
       if (!session.counted) return;
       const ip = session.remoteAddress;
       const n = (perIp.get(ip) ?? 1) - 1;
@@ -178,6 +200,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const withExtras = server as SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
   withExtras.mtadCommands = extraCommands(deps, local);
   withExtras.mtadLimits = { maxLineLength: config.maxLineLength, maxErrors: config.maxErrors };
+  tls?.onReload((m) => server.updateSecureContext({ key: m.key, cert: m.cert }));
   server.on('error', (err: Error & { code?: string }) => {
     // Client resets and half-sent messages arrive here; they are not our errors.
     log.debug(`smtp: ${err.code ?? ''} ${err.message}`);
@@ -252,7 +275,7 @@ function extraCommands(deps: SmtpDeps, local: LocalNames): ExtraCommands {
         code: 214,
         lines: [
           `2.0.0 ${config.hostname} mtad: local delivery only, no relay`,
-          '2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN',
+          `2.0.0 Commands: HELO EHLO${deps.tls ? ' STARTTLS' : ''} MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN`,
           '2.0.0 MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME]   RCPT TO:<user>',
           '2.0.0 End of HELP info',
         ],

@@ -5,6 +5,7 @@
 // smtp-server reports every command and reply to its `logger` as
 // debug(meta, 'C:'|'S:', line); the message body it does not report, so
 // onData feeds it to a BodyTrace, which shows the first lines and a byte count.
+import type { TLSSocket } from 'node:tls';
 import type { SMTPServer } from 'smtp-server';
 import { log } from '../log';
 
@@ -59,6 +60,12 @@ export function traceLogger(server: () => SMTPServer): Record<string, (...args: 
       }
     },
   };
+}
+
+/** Marks the point after STARTTLS where the wire turns unreadable: the lines below it are decrypted ones. */
+export function traceTls(addr: string, port: number, socket: TLSSocket): void {
+  log.info(`${tag(addr, port)} -- TLS started (${socket.getProtocol()}, ${socket.getCipher().name}): ` +
+    'from here on Wireshark shows only encrypted TLS records; the dialogue below is what mtad decrypted --');
 }
 
 /** Shows the first lines of a message body as they arrive, then how much more there was. */

@@ -1,6 +1,7 @@
 // A raw SMTP client over node:net, as a telnet user would type: one line, one
 // reply. Nothing here knows SMTP beyond the reply format (RFC 5321 4.2).
 import net from 'node:net';
+import tls from 'node:tls';
 
 export interface Reply {
   code: number;
@@ -16,7 +17,7 @@ export class SmtpClient {
   private closed: Error | null = null;
   greeting!: Reply;
 
-  private constructor(readonly socket: net.Socket) {
+  private constructor(readonly socket: net.Socket | tls.TLSSocket) {
     socket.setEncoding('latin1');
     socket.on('data', (d: string) => { this.buf += d; this.parse(); });
     const fail = (e: Error): void => {
@@ -92,6 +93,22 @@ export class SmtpClient {
       if (r.code !== 250) return r;
     }
     return this.data(message);
+  }
+
+  /** What arrived and was not read yet: after STARTTLS's 220, anything here was answered in plaintext. */
+  unread(): string {
+    return this.replies.map((r) => r.raw).join('') + this.buf;
+  }
+
+  /**
+   * The TLS handshake over this connection (after a 220 to STARTTLS); the returned
+   * client reads and writes through TLS, and this one is done.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<SmtpClient> {
+    this.socket.removeAllListeners('data');
+    const secure = tls.connect({ ...options, socket: this.socket as net.Socket });
+    await new Promise<void>((resolve, reject) => { secure.once('secureConnect', resolve); secure.once('error', reject); });
+    return new SmtpClient(secure);
   }
 
   async quit(): Promise<void> {
