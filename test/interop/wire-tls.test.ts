@@ -1,0 +1,78 @@
+// The lab's encryption exercise, as tshark shows it: a plain session and a
+// STARTTLS session to the same mtad, captured on loopback. The plain one is
+// readable to the last byte of the message; the STARTTLS one is SMTP up to
+// "220 Ready to start TLS", then only TLS records, and its message text is
+// nowhere in the capture. Capturing needs root (CI has it).
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HOSTNAME, instanceEnv, isRoot, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { SmtpClient } from '../helpers/smtp';
+import { run, startTshark } from './tools';
+
+if (!isRoot()) console.log('skip: test/interop/wire-tls.test.ts captures on loopback with tshark, which needs root');
+
+describe.skipIf(!isRoot())('STARTTLS on the wire', () => {
+  let mtad: Mtad;
+  let dir: string;
+  beforeAll(async () => {
+    dir = makeInstance({ users: ['alice'] });
+    const env = { MTAD_TLS_CERT: path.join(dir, 'cert.pem'), MTAD_TLS_KEY: path.join(dir, 'key.pem') };
+    const made = runCli('mta-certificate', [], instanceEnv(dir, env));
+    expect(made.status, made.stderr).toBe(0);
+    mtad = await startMtad({ dir, env });
+  });
+  afterAll(async () => {
+    const { code } = await mtad.stop();
+    expect(code).toBe(0);
+    removeInstance(dir);
+  });
+
+  it('shows the plain session in full, and of the STARTTLS one only SMTP up to STARTTLS, then TLS records', async () => {
+    const port = String(mtad.port);
+    const pcap = path.join(dir, 'starttls.pcapng');
+    const capture = await startTshark(['-i', 'lo', '-f', `tcp port ${port}`, '-d', `tcp.port==${port},smtp`, '-w', pcap, '-P', '-l']);
+    const swaks = (extra: string[], subject: string, body: string): Promise<void> => run('swaks', ['--server', '127.0.0.1', '--port', port,
+      ...extra, '--helo', 'client.example.org', '--from', 'carol@example.org', '--to', `alice@${HOSTNAME}`,
+      '--header', `Subject: ${subject}`, '--body', body]).then((r) => { expect(r.status, r.stdout.toString()).toBe(0); });
+    try {
+      await swaks([], 'plain on the wire', 'Anyone on the wire reads this.');
+      await swaks(['--tls'], 'sealed on the wire', 'Nobody on the wire reads this.');
+      // A last plain session marks the end: once its 221 is captured, all of the sessions before it are.
+      const marker = await SmtpClient.connect(mtad.port);
+      await marker.quit();
+      await capture.waitFor(/(S: 221 [^]*){2}/, 30000);
+    } finally {
+      await capture.stop();
+    }
+    const bytes = fs.readFileSync(pcap);
+    expect(bytes.includes('Anyone on the wire reads this.')).toBe(true);
+    expect(bytes.includes('plain on the wire')).toBe(true);
+    expect(bytes.includes('Nobody on the wire reads this.')).toBe(false);
+    expect(bytes.includes('sealed on the wire')).toBe(false);
+    expect(bytes.includes('carol@example.org')).toBe(true); // the plain session's
+    // The sealed session's envelope is encrypted too: its RCPT is not seen a second time.
+    expect(bytes.toString('latin1').split(`RCPT TO:<alice@${HOSTNAME}>`)).toHaveLength(2);
+
+    // The second TCP stream is the STARTTLS session: what the README's side-by-side shows.
+    const view = await run('tshark', ['-r', pcap, '-d', `tcp.port==${port},smtp`, '-Y', 'tcp.stream == 1 && (smtp || tls)', '-T', 'fields', '-E', 'separator=/t',
+      '-e', '_ws.col.Protocol', '-e', '_ws.col.Info', '-e', 'smtp.response.code', '-e', 'tls.handshake.type', '-e', 'tls.record.content_type',
+      '-e', 'tls.handshake.extensions.supported_version']);
+    // Columns: protocol, info, SMTP reply code, TLS handshake types, TLS record types, TLS versions.
+    expect(view.status, view.stderr.toString()).toBe(0);
+    const rows = view.stdout.toString().split('\n').filter(Boolean).map((l) => l.split('\t'));
+    const firstTls = rows.findIndex((r) => /TLS/.test(r[0]));
+    const smtp = rows.slice(0, firstTls);
+    expect(smtp.every((r) => r[0] === 'SMTP')).toBe(true);
+    expect(smtp.map((r) => r[1])).toEqual([`S: 220 ${HOSTNAME} ESMTP mtad`, 'C: EHLO client.example.org',
+      `S: 250-${HOSTNAME} | PIPELINING | 8BITMIME | ENHANCEDSTATUSCODES | STARTTLS | SIZE 10240000`, 'C: STARTTLS', 'S: 220 2.0.0 Ready to start TLS']);
+    // After the 220 to STARTTLS, nothing is SMTP any more: a handshake, then application data only.
+    const after = rows.slice(firstTls);
+    expect(after.length).toBeGreaterThan(5);
+    expect(after.every((r) => /TLS/.test(r[0]))).toBe(true);
+    expect(after[0][3]).toBe('1'); // Client Hello
+    expect(after[1][3].split(',')).toContain('2'); // Server Hello...
+    expect(after[1][5].split(',')).toContain('0x0304'); // ...choosing TLS 1.3
+    for (const r of after.slice(2)) expect(r[1]).toMatch(/^(Change Cipher Spec, )?Application Data(, Application Data)*$/);
+  });
+});
