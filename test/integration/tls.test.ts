@@ -12,7 +12,8 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../interop/tools';
 import { readMbox } from '../helpers/mbox';
-import { HOSTNAME, instanceEnv, isRoot, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { HOSTNAME, instanceEnv, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
 import { plainTranscript } from './plain-session';
 
@@ -283,7 +284,7 @@ describe('bad TLS files stop mtad at start with one line', () => {
     }
   });
 
-  it.skipIf(!isRoot())('a key only root can read stops mtad before it serves (77): SIGHUP, run as its user, could not reload it', () => {
+  it.skipIf(needsRoot('TLS key only root can read', 'only root can start mtad as root'))('a key only root can read stops mtad before it serves (77): SIGHUP, run as its user, could not reload it', () => {
     const t = tlsInstance();
     dirs.push(t.dir);
     fs.chownSync(t.key, 0, 0);

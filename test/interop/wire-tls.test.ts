@@ -6,13 +6,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HOSTNAME, instanceEnv, isRoot, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { HOSTNAME, instanceEnv, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
 import { run, startTshark } from './tools';
 
-if (!isRoot()) console.log('skip: test/interop/wire-tls.test.ts captures on loopback with tshark, which needs root');
-
-describe.skipIf(!isRoot())('STARTTLS on the wire', () => {
+describe.skipIf(needsRoot('STARTTLS on the wire', 'tshark needs root to capture on loopback'))('STARTTLS on the wire', () => {
   let mtad: Mtad;
   let dir: string;
   beforeAll(async () => {
