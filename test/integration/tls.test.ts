@@ -134,6 +134,14 @@ describe('STARTTLS with a certificate', () => {
     await expectEventually(() => readMbox(mtad.mailbox('alice')).some((x) => x.header('Subject') === 'over mutt starttls'));
   });
 
+  it('s-nail with the README settings (smtp-use-starttls, tls-ca-file, tls-verify=strict) sends through it', async () => {
+    const r = await run('s-nail', ['-:/', '-Sv15-compat', `-Smta=smtp://localhost:${mtad.port}`, '-Ssmtp-auth=none', '-Ssmtp-use-starttls',
+      `-Stls-ca-file=${t.cert}`, '-Stls-ca-no-defaults', '-Stls-verify=strict', '-Sfrom=carol@example.org', '-s', 'over s-nail starttls', `alice@${HOSTNAME}`],
+    { input: 'secret s-nail body\n', env: { ...process.env, HOME: t.dir } });
+    expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+    await expectEventually(() => readMbox(mtad.mailbox('alice')).some((x) => x.header('Subject') === 'over s-nail starttls'));
+  });
+
   it('discards commands pipelined after STARTTLS in the same segment: none is answered, in plaintext or inside TLS', async () => {
     const c = await SmtpClient.connect(mtad.port);
     await c.cmd('EHLO client.example.org');
