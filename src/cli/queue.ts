@@ -2,13 +2,13 @@
 // holds, releases, deletes or retries it, safely beside a running mtad: each
 // change is made under the message's lock (src/queue/control.ts), then mtad is
 // told through <queue>/control/ and re-reads the message itself.
-import fs from 'node:fs';
 import { queueHolder } from '../queue/pidfile';
-import { describeErrno, loadConfig } from '../config';
+import { loadConfig } from '../config';
 import { quietLog } from '../log';
-import { FLUSH, lockFile, MessageLocks, sendRequest } from '../queue/control';
+import { lockFile, MessageLocks, sendRequest } from '../queue/control';
 import { Queue, QueueState } from '../queue/queue';
 import { CliError, EX, runMain, VERSION } from './common';
+import { listQueue, ownerToWrite, printQueue, requestFlush } from './queue-show';
 
 const USAGE = `usage: mta-queue [--flush] [--hold ID] [--release ID] [--delete ID] [--help] [--version]
 
@@ -67,27 +67,9 @@ runMain('mta-queue', async (argv) => {
   } finally {
     await locks.close();
   }
-  if (flush) {
-    if (!running) {
-      process.stdout.write('mtad is not running on this queue: it retries every waiting message when it starts\n');
-    } else {
-      await sendRequest(config.queueDir, FLUSH, 'flush', owner);
-      process.stdout.write(`flush requested: mtad retries ${ids.length} waiting message(s) now (held ones stay held); see its log\n`);
-    }
-  }
+  if (flush) await requestFlush(config.queueDir, running, ids.length, owner);
   return status;
 });
-
-function listQueue(queue: Queue): string[] {
-  try {
-    return queue.listActive();
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'ENOENT') return [];
-    throw new CliError(`cannot read the queue ${queue.activeDir}: ${describeErrno(err)}` +
-      `${e.code === 'EACCES' ? ' (run mta-queue as root, or as the user mtad runs as)' : ''}`, EX.NOPERM);
-  }
-}
 
 async function change(
   queue: Queue, locks: MessageLocks, action: Op['action'], id: string,
@@ -120,59 +102,4 @@ async function change(
   } finally {
     await locks.unlock(id).catch(() => undefined);
   }
-}
-
-/** Root writing into the queue must leave files that the daemon's user (the queue's owner) can rewrite. */
-function ownerToWrite(queue: Queue): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  try {
-    const st = fs.statSync(queue.activeDir);
-    return st.uid === 0 ? undefined : { uid: st.uid, gid: st.gid };
-  } catch {
-    return undefined;
-  }
-}
-
-async function printQueue(queue: Queue, ids: string[]): Promise<void> {
-  if (!ids.length) {
-    process.stdout.write('mail queue is empty\n');
-    return;
-  }
-  process.stdout.write(`${'ID'.padEnd(10)}  ${'SIZE'.padStart(9)}  ${'AGE'.padStart(7)}  SENDER / RECIPIENTS\n`);
-  let bytes = 0;
-  let held = 0;
-  let shown = 0;
-  const pad = ' '.repeat(10 + 2 + 9 + 2 + 7 + 2);
-  const all = await Promise.all(ids.map((id) => queue.load(id).catch(() => null)));
-  {
-    all.forEach((l) => {
-      if (!l) return; // delivered between the listing and now
-      shown++;
-      const { envelope: e, body } = l.message;
-      const s = l.state;
-      bytes += body.length;
-      if (s.held) held++;
-      const done = new Set(s.done);
-      process.stdout.write(`${e.id}  ${String(body.length).padStart(9)}  ${age(Date.parse(e.received)).padStart(7)}  <${e.sender}>\n`);
-      for (const r of e.recipients) {
-        process.stdout.write(`${pad}-> <${r.address}>${done.has(r.mailbox) ? ' (delivered)' : ''}\n`);
-      }
-      const next = s.nextAttempt ? Date.parse(s.nextAttempt) - Date.now() : null;
-      if (s.lastReason) {
-        process.stdout.write(`${pad}deferred: ${s.lastReason} (${s.attempts} attempt(s)` +
-          `${!s.held && next !== null ? `, next ${next > 0 ? `in ${age(Date.now() - next)}` : 'now'}` : ''})\n`);
-      }
-      if (s.held) process.stdout.write(`${pad}HELD: not retried until mta-queue --release ${e.id}\n`);
-    });
-    process.stdout.write(`-- ${shown} message(s), ${bytes} bytes${held ? `, ${held} held` : ''}\n`);
-  }
-}
-
-/** "2h05m", "3m07s", "12s": how long ago `then` was. */
-function age(then: number): string {
-  const s = Math.max(0, Math.round((Date.now() - then) / 1000));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, '0')}m`;
-  return `${Math.floor(s / 86400)}d${String(Math.floor(s / 3600) % 24).padStart(2, '0')}h`;
 }
