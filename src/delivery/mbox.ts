@@ -75,6 +75,14 @@ export function receivedHeader(r: ReceivedInfo): string {
 }
 
 /**
+ * The Received: field of a local submission (bin/sendmail), as Postfix's pickup
+ * writes it: the user is the uid the kernel gave, nothing the client said.
+ */
+export function localReceivedHeader(r: { hostname: string; uid: number; id: string; date: Date }): string {
+  return `Received: by ${r.hostname} (mtad, from userid ${r.uid})\n\tid ${r.id}; ${rfc5322Date(r.date)}\n`;
+}
+
+/**
  * Streaming encoder from SMTP DATA bytes to the mbox form of the message:
  * CRLF becomes LF, a bare CR is kept, lines matching ^>*From get one more ">".
  * Chunk boundaries may fall anywhere, even inside "\r\n" or "From ".

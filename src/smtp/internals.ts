@@ -7,7 +7,7 @@
 //  - the 100 ms pause before the greeting: Postfix's smtpd greets at once, and the
 //    pause alone caps one-message sessions at 10 per second;
 //  - enhanced status codes: our replies carry their own, the library must not add a second;
-//  - HELP, VRFY, EXPN: the library has no hooks for them;
+//  - HELP, VRFY, EXPN, and our XLOCAL (bin/sendmail's local submission): the library has no hooks for them;
 //  - limits: a command line over MTAD_MAX_LINE_LENGTH gets 500 and the session goes
 //    on (the library closes with 421), errors are counted like Postfix's
 //    smtpd_hard_error_limit (the library stops at 10 unrecognised commands, fixed),
@@ -82,11 +82,12 @@ export interface ParsedAddress {
   [key: string]: unknown;
 }
 
-/** Our answers to HELP, VRFY and EXPN, set per server. */
+/** Our answers to HELP, VRFY, EXPN and XLOCAL, set per server. */
 export interface ExtraCommands {
   help(conn: Connection): Promise<Reply>;
   vrfy(conn: Connection, arg: string): Promise<Reply>;
   expn(conn: Connection, arg: string): Promise<Reply>;
+  xlocal(conn: Connection, arg: string): Promise<Reply>;
 }
 
 export interface Reply {
@@ -210,6 +211,7 @@ export function installInternals(): void {
   proto.handler_HELP = extra('help');
   proto.handler_VRFY = extra('vrfy');
   proto.handler_EXPN = extra('expn');
+  proto.handler_XLOCAL = extra('xlocal');
 }
 
 /**

@@ -8,12 +8,13 @@ import type { TLSSocket } from 'node:tls';
 import { SMTPServer, SMTPServerAddress, SMTPServerSession } from 'smtp-server';
 import type { Config } from '../config';
 import { DeliveryAgent, storageFailure, TempFailure } from '../delivery/agent';
-import { receivedHeader } from '../delivery/mbox';
+import { localReceivedHeader, receivedHeader } from '../delivery/mbox';
 import { log } from '../log';
 import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
 import { MIN_TLS_VERSION, TlsFiles } from '../tls';
+import { socketOwner } from '../system/sockowner';
 import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
 import { BodyTrace, tag, TRACE_END, TRACE_ID, traceLogger, traceTls } from './trace';
 
@@ -36,7 +37,8 @@ interface RcptAddress extends ParsedAddress {
   extension?: string;
 }
 
-type Session = SMTPServerSession & { counted?: boolean; mtadStartTls?: string | true };
+/** mtadLocalUid, set by XLOCAL: the uid the kernel says owns the client's socket (bin/sendmail's user). */
+type Session = SMTPServerSession & { counted?: boolean; mtadStartTls?: string | true; mtadLocalUid?: number };
 
 export interface SmtpDeps {
   config: Config;
@@ -152,7 +154,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     const now = new Date();
     const recipients: Recipient[] = rcpts.flatMap((r) => (r.mailboxes ?? []).map((mailbox) => ({ address: qualify(r.address, config), mailbox, ...(r.extension ? { extension: r.extension } : {}) })));
     const envelope: Envelope = { v: 1, id, sender, recipients, received: now.toISOString(), client: session.remoteAddress };
-    const header = receivedHeader({
+    const uid = (session as Session).mtadLocalUid;
+    const header = uid !== undefined ? localReceivedHeader({ hostname: config.hostname, uid, id, date: now }) : receivedHeader({
       helo: session.hostNameAppearsAs ?? '',
       clientAddress: session.remoteAddress,
       clientHostname: session.clientHostname,
@@ -187,7 +190,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     if (got.tooBig) {
       throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
     }
-    log.info(`${id}: client=${client(session)}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
+    log.info(`${id}: client=${client(session)}${uid !== undefined ? `, uid=${uid}` : ''}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
     try {
       await deps.agent.accept({ envelope, body: got.body });
     } catch (err) {
@@ -288,6 +291,17 @@ function extraCommands(deps: SmtpDeps, local: LocalNames): ExtraCommands {
       const dir = await deps.directory();
       const line = dir.users.has(d.name!) && !dir.aliases.has(d.name!) ? await userLine(d.name!) : `<${d.name}@${config.hostname}>`;
       return { code: 250, lines: [`2.1.5 ${line}`] };
+    },
+    // bin/sendmail's local submission: the Received line names the submitting user,
+    // whose uid comes from the kernel's socket table, never from the client.
+    async xlocal(conn: Connection) {
+      const s = conn.session as unknown as Session;
+      if (s.envelope?.mailFrom) return { code: 503, lines: ['5.5.1 Error: XLOCAL not allowed in a mail transaction'] };
+      const uid = await socketOwner({ address: s.remoteAddress, port: s.remotePort }, { address: s.localAddress, port: s.localPort });
+      if (uid === null) return { code: 550, lines: ['5.7.1 Error: XLOCAL is for bin/sendmail on this host: no local socket of yours found'] };
+      s.mtadLocalUid = uid;
+      log.info(`local submission by uid ${uid} from [${s.remoteAddress}]:${s.remotePort}`);
+      return { code: 250, lines: [`2.0.0 Ok: local submission from userid ${uid}`] };
     },
     async expn(_conn: Connection, arg: string) {
       if (!config.expn) return { code: 502, lines: ['5.5.1 EXPN command is disabled'] };

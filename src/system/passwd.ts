@@ -7,6 +7,8 @@ export interface SystemUser {
   uid: number;
   gid: number;
   home: string;
+  /** The GECOS field: the full name, then comma-separated extras. */
+  gecos?: string;
 }
 
 function readTable(file: string): string[][] {
@@ -24,7 +26,7 @@ export function userByName(name: string, file = '/etc/passwd'): SystemUser | nul
 
 export function userById(uid: number, file = '/etc/passwd'): SystemUser | null {
   const row = readTable(file).find((r) => Number(r[2]) === uid);
-  return row ? { name: row[0], uid: Number(row[2]), gid: Number(row[3]), home: row[5] ?? '' } : null;
+  return row ? { name: row[0], uid: Number(row[2]), gid: Number(row[3]), home: row[5] ?? '', gecos: row[4] ?? '' } : null;
 }
 
 export function groupId(name: string, file = '/etc/group'): number | null {

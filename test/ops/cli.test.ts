@@ -24,7 +24,7 @@ const instance = (opts: Parameters<typeof makeInstance>[0] = {}): string => {
 };
 
 describe('--help and --version', () => {
-  for (const name of ['mtad', 'mta-adduser', 'mta-deluser', 'mta-users', 'mta-queue', 'mta-certificate']) {
+  for (const name of ['mtad', 'mta-adduser', 'mta-deluser', 'mta-users', 'mta-queue', 'mta-certificate', 'sendmail', 'mailq', 'newaliases']) {
     it(`${name} answers both`, () => {
       const env = instanceEnv(instance());
       const help = runCli(name, ['--help'], env);
