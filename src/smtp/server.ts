@@ -107,7 +107,8 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     }),
 
     onMailFrom: guard((_address: SMTPServerAddress, session: SMTPServerSession) => {
-      if (config.tlsRequired && !session.secure) {
+      // A local submission (XLOCAL, bin/sendmail) never leaves this host: there is no wire to protect.
+      if (config.tlsRequired && !session.secure && (session as Session).mtadLocalUid === undefined) {
         throw reject('MAIL', session, new SmtpError(530, '5.7.0', 'Must issue a STARTTLS command first'));
       }
     }),
