@@ -30,6 +30,7 @@ export interface Config {
   logLevel: 'error' | 'warn' | 'info' | 'debug';
   runAs: string;
   idleTimeout: number; // seconds
+  transactionTimeout: number; // seconds
   lockTimeout: number; // seconds
   retryMinDelay: number; // seconds
   retryMaxDelay: number; // seconds
@@ -64,6 +65,7 @@ const KEYS = [
   'MTAD_MAX_LINE_LENGTH', 'MTAD_MAX_ERRORS',
   'MTAD_MAILBOX_SIZE_LIMIT', 'MTAD_RECIPIENT_DELIMITER',
   'MTAD_TLS_CERT', 'MTAD_TLS_KEY', 'MTAD_TLS_REQUIRED',
+  'MTAD_TRANSACTION_TIMEOUT',
 ] as const;
 
 export const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -175,7 +177,7 @@ function parseRaw(raw: Raw): Config {
     maxMessageSize,
     maxRecipients: num(get, 'MTAD_MAX_RECIPIENTS', 100, 1, 100000, true),
     maxClients: num(get, 'MTAD_MAX_CLIENTS', 100, 0, 1000000, true),
-    maxClientsPerIp: num(get, 'MTAD_MAX_CLIENTS_PER_IP', 0, 0, 1000000, true),
+    maxClientsPerIp: num(get, 'MTAD_MAX_CLIENTS_PER_IP', 50, 0, 1000000, true),
     maxLineLength: num(get, 'MTAD_MAX_LINE_LENGTH', 2048, 512, 1048576, true),
     maxErrors: num(get, 'MTAD_MAX_ERRORS', 20, 1, 1000, true),
     vrfy: bool(get, 'MTAD_VRFY', false),
@@ -183,6 +185,7 @@ function parseRaw(raw: Raw): Config {
     logLevel: logLevel as Config['logLevel'],
     runAs,
     idleTimeout: num(get, 'MTAD_IDLE_TIMEOUT', 300, 1, 86400, false),
+    transactionTimeout: num(get, 'MTAD_TRANSACTION_TIMEOUT', 600, 1, 86400, false),
     lockTimeout: num(get, 'MTAD_LOCK_TIMEOUT', 10, 0.05, 3600, false),
     retryMinDelay,
     retryMaxDelay,

@@ -15,8 +15,13 @@
 //  - STARTTLS: a handshake that never finishes is logged with its reason (the
 //    library only emits an error event, or nothing when the client just leaves).
 //    Input pipelined after STARTTLS is already discarded by the library (upgrade()
-//    retires the plaintext parser); test/integration/tls.test.ts holds it to that.
+//    retires the plaintext parser); test/integration/tls.test.ts holds it to that;
+//  - deadlines: the library's idle timeout restarts with every byte, so a client
+//    trickling one byte every few seconds would never be cut. A command line must be
+//    whole within the idle timeout of our last reply (Postfix's per-record deadline),
+//    and a transaction, MAIL to the end of the message, must end within its own.
 import { SMTPServer } from 'smtp-server';
+import { log } from '../log';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
 
@@ -36,6 +41,10 @@ export interface Limits {
   maxLineLength: number;
   /** 5xx replies in one session before 421 and close. */
   maxErrors: number;
+  /** Milliseconds the client may take to send a whole command line, from our last reply. */
+  idleTimeout: number;
+  /** Milliseconds one transaction may take, from the reply to MAIL to the end of the message. */
+  transactionTimeout: number;
 }
 
 /**
@@ -56,6 +65,15 @@ interface ConnectionState {
   _whenWritable(next: () => void): void;
   mtadErrors?: number;
   mtadTimingOut?: boolean;
+  remoteAddress: string;
+  session: { envelope?: { mailFrom?: unknown } };
+  _handlerPending?: boolean;
+  _dataStream?: unknown;
+  _parser?: { _dataMode?: boolean } | false;
+  _onTimeout(): void;
+  send: Connection['send'];
+  mtadLineTimer?: NodeJS.Timeout;
+  mtadTransactionTimer?: NodeJS.Timeout;
 }
 
 type Handler = (this: Connection, command: Buffer | string, callback: () => void) => void;
@@ -66,6 +84,8 @@ interface ConnectionClass {
     connectionReady: () => void;
     _onCommand: (command: Buffer, callback?: () => void) => void;
     _onTimeout: () => void;
+    _onClose: () => void;
+    _resetSession: () => void;
     send: Connection['send'];
     _setListeners: (cb: () => void) => void;
     _parseAddressCommand: (name: string, command: Buffer | string) => ParsedAddress | false;
@@ -112,7 +132,7 @@ export function installInternals(): void {
   }
   const proto = SMTPConnection.prototype;
   for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP',
-    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS']) {
+    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS', '_onClose', '_resetSession']) {
     if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
   }
 
@@ -144,12 +164,14 @@ export function installInternals(): void {
       this.mtadErrors = (this.mtadErrors ?? 0) + 1;
       if (this.mtadErrors >= limits.maxErrors) send.call(this, 421, `4.7.0 ${this.name} Error: too many errors`, false);
     }
+    if (limits && !this._closing && !this._closed) armDeadlines(this, limits);
   };
 
   // Postfix answers an over-long command line with 500 and reads on; the library
   // would close the session. The line is whole here, so nothing of it runs.
   const onCommand = proto._onCommand;
   proto._onCommand = function (this: Connection & ConnectionState, command, callback) {
+    clearTimeout(this.mtadLineTimer);
     const limits = this._server.mtadLimits;
     if (limits && command && command.length > limits.maxLineLength) {
       this.send(500, '5.5.2 Error: line too long');
@@ -184,6 +206,20 @@ export function installInternals(): void {
     onError.call(this, err);
   };
 
+  const resetSession = proto._resetSession;
+  proto._resetSession = function (this: ConnectionState) {
+    clearTimeout(this.mtadTransactionTimer);
+    this.mtadTransactionTimer = undefined;
+    resetSession.call(this);
+  };
+
+  const onClose = proto._onClose;
+  proto._onClose = function (this: ConnectionState) {
+    clearTimeout(this.mtadLineTimer);
+    clearTimeout(this.mtadTransactionTimer);
+    onClose.call(this);
+  };
+
   const parse = proto._parseAddressCommand;
   proto._parseAddressCommand = function (this: unknown, rawName: string, rawCommand: Buffer | string) {
     const split = splitAddressCommand(rawCommand.toString());
@@ -212,6 +248,31 @@ export function installInternals(): void {
   proto.handler_VRFY = extra('vrfy');
   proto.handler_EXPN = extra('expn');
   proto.handler_XLOCAL = extra('xlocal');
+}
+
+/**
+ * After each reply it is the client's turn: its next command line must be whole
+ * within the idle timeout; and from the reply to MAIL on, the transaction has its
+ * deadline. The message itself is the transaction deadline's alone.
+ */
+function armDeadlines(conn: ConnectionState, limits: Limits): void {
+  clearTimeout(conn.mtadLineTimer);
+  conn.mtadLineTimer = setTimeout(() => {
+    if (!conn._closing && !conn._closed && !conn._handlerPending && !conn._dataStream) conn._onTimeout();
+  }, limits.idleTimeout);
+  if (conn.session.envelope?.mailFrom && !conn.mtadTransactionTimer) {
+    const overdue = (): void => {
+      if (conn._closing || conn._closed) return;
+      // Not while we owe the reply (a recipient lookup, or the message being stored): that time is ours.
+      if (conn._handlerPending || (conn._dataStream && conn._parser && !conn._parser._dataMode)) {
+        conn.mtadTransactionTimer = setTimeout(overdue, 1000);
+        return;
+      }
+      log.info(`timeout: transaction not over after ${limits.transactionTimeout / 1000} s (MTAD_TRANSACTION_TIMEOUT) from [${conn.remoteAddress}]`);
+      conn.send(421, `4.4.2 ${conn.name} Error: transaction timeout exceeded`);
+    };
+    conn.mtadTransactionTimer = setTimeout(overdue, limits.transactionTimeout);
+  }
 }
 
 /**

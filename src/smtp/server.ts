@@ -6,6 +6,7 @@ import os from 'node:os';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { SMTPServer, SMTPServerAddress, SMTPServerSession } from 'smtp-server';
+import { ClientCounter } from '../clients';
 import type { Config } from '../config';
 import { DeliveryAgent, storageFailure, TempFailure } from '../delivery/agent';
 import { localReceivedHeader, receivedHeader } from '../delivery/mbox';
@@ -56,7 +57,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const { config } = deps;
   const tls = deps.tls ?? null;
   const local = localNames(config);
-  const perIp = new Map<string, number>();
+  const perIp = new ClientCounter(config.maxClientsPerIp);
 
   // A client gone before its address was read (a port scanner's RST) has none.
   const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress || 'unknown'}]`;
@@ -90,12 +91,10 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     maxCommandLength: hardLineCap(config.maxLineLength),
 
     onConnect: guard((session: Session) => {
-      const ip = session.remoteAddress;
-      if (config.maxClientsPerIp && (perIp.get(ip) ?? 0) >= config.maxClientsPerIp) {
-        log.info(`NOQUEUE: reject: CONNECT from ${client(session)}: 421 4.7.0 too many connections from this address`);
+      if (!perIp.admit(session.remoteAddress)) {
+        log.info(`NOQUEUE: reject: CONNECT from ${client(session)}: 421 4.7.0 too many connections from this address (MTAD_MAX_CLIENTS_PER_IP=${perIp.limit})`);
         throw new SmtpError(421, '4.7.0', `${config.hostname} Too many connections from your address, try again later`);
       }
-      perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
       session.counted = true;
       log.info(`connect from ${client(session)}`);
     }),
@@ -140,9 +139,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         log.info(`SSL_accept error from ${client(session)}: ${why}`);
       }
       if (!session.counted) return;
-      const ip = session.remoteAddress;
-      const n = (perIp.get(ip) ?? 1) - 1;
-      if (n > 0) perIp.set(ip, n); else perIp.delete(ip);
+      perIp.release(session.remoteAddress);
       log.info(`disconnect from ${client(session)}`);
     },
   });
@@ -203,7 +200,10 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
 
   const withExtras = server as SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
   withExtras.mtadCommands = extraCommands(deps, local);
-  withExtras.mtadLimits = { maxLineLength: config.maxLineLength, maxErrors: config.maxErrors };
+  withExtras.mtadLimits = {
+    maxLineLength: config.maxLineLength, maxErrors: config.maxErrors,
+    idleTimeout: config.idleTimeout * 1000, transactionTimeout: config.transactionTimeout * 1000,
+  };
   tls?.onReload((m) => server.updateSecureContext({ key: m.key, cert: m.cert }));
   server.on('error', (err: Error & { code?: string }) => {
     // Client resets and half-sent messages arrive here; they are not our errors.

@@ -345,6 +345,8 @@ async function startMtad(extraEnv = {}) {
     MTAD_SPOOL_DIR: spool, MTAD_USERS_FILE: users, MTAD_ALIASES_FILE: path.join(dir, 'aliases'),
     // A run writes hundreds of MiB into a few mailboxes: no mailbox limit, as Debian's Postfix.
     MTAD_MAILBOX_SIZE_LIMIT: '0',
+    // Every bench client comes from one address: the per-address limit (50) would refuse them.
+    MTAD_MAX_CLIENTS_PER_IP: '0',
     // MTAD_EXTRA_ENV="K=V K2=V2": more settings for mtad, e.g. MTAD_LOG_LEVEL=warn to see what logging costs
     ...Object.fromEntries(list(process.env.MTAD_EXTRA_ENV || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
     ...extraEnv,

@@ -28,8 +28,9 @@ export class SmtpClient {
     socket.on('close', () => fail(new Error(`connection closed; unparsed: ${JSON.stringify(this.buf)}`)));
   }
 
-  static async connect(port: number, host = '127.0.0.1'): Promise<SmtpClient> {
-    const socket = net.connect(port, host);
+  /** `localAddress`: another loopback address (127.0.0.2) to connect from, as a second client machine would. */
+  static async connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<SmtpClient> {
+    const socket = net.connect({ port, host, localAddress });
     await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
     const c = new SmtpClient(socket);
     c.greeting = await c.read();

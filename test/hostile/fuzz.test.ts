@@ -178,7 +178,7 @@ let before = new Map<string, string>();
 beforeAll(async () => {
   const dir = makeInstance({ users: ['alice', 'bob'] });
   if (isRoot()) for (const f of ['spool', 'users']) fs.chownSync(path.join(dir, f), FUZZ_UID, FUZZ_UID);
-  m = await startMtad({ dir, env: { MTAD_MAX_CLIENTS: String(PARALLEL * 2) } });
+  m = await startMtad({ dir, env: { MTAD_MAX_CLIENTS: String(PARALLEL * 2), MTAD_MAX_CLIENTS_PER_IP: String(PARALLEL * 2) } });
 });
 afterAll(async () => {
   const { code } = await m.stop();

@@ -23,6 +23,7 @@ describe('configuration', () => {
       host: '0.0.0.0', port: 25, spoolDir: path.join(ROOT, 'spool'), queueDir: path.join(ROOT, 'spool', '.queue'),
       usersFile: path.join(ROOT, 'etc/users'), aliasesFile: path.join(ROOT, 'etc/aliases'),
       maxMessageSize: 10240000, maxRecipients: 100, vrfy: false, expn: false, logLevel: 'info', runAs: '',
+      maxClients: 100, maxClientsPerIp: 50, idleTimeout: 300, transactionTimeout: 600,
     });
   });
 
