@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
 import { needsRoot } from '../helpers/skip';
+import { SmtpClient } from '../helpers/smtp';
 import { HOSTNAME, Mtad, readableInstall, removeInstance, ROOT, runCli, startMtad } from '../helpers/mtad';
 
 interface Run { status: number | null; stdout: string; stderr: string }
@@ -142,6 +143,27 @@ describe('sendmail: refused recipients', () => {
     const r = sendmail(mtad, ['-t'], 'To: alice\nCc: ghost@lab.test\n\nx\n');
     expect(r).toMatchObject({ status: 67, stderr: 'sendmail: <ghost@lab.test>: Recipient address rejected: User unknown in local recipient table: message not sent\n' });
     expect(box(mtad, 'alice')).toEqual([]);
+  });
+});
+
+describe('XLOCAL, the command sendmail uses', () => {
+  it('names the socket\'s owner as the kernel reports it; not inside a transaction; sessions without it keep the SMTP Received line', async () => {
+    clear('alice');
+    const c = await SmtpClient.connect(mtad.port);
+    await c.cmd('EHLO by-hand.test');
+    expect(await c.cmd('MAIL FROM:<a@lab.test>')).toMatchObject({ code: 250 });
+    expect(await c.cmd('XLOCAL')).toMatchObject({ code: 503, lines: ['5.5.1 Error: XLOCAL not allowed in a mail transaction'] });
+    await c.cmd('RSET');
+    expect(await c.cmd('XLOCAL')).toMatchObject({ code: 250, lines: [`2.0.0 Ok: local submission from userid ${myUid}`] });
+    expect((await c.send('a@lab.test', ['alice'], 'Subject: by hand, local\n\nx\n')).code).toBe(250);
+    await c.quit();
+    const plain = await SmtpClient.connect(mtad.port);
+    await plain.cmd('HELO by-hand.test');
+    expect((await plain.send('a@lab.test', ['alice'], 'Subject: by hand, plain\n\nx\n')).code).toBe(250);
+    await plain.quit();
+    const [local, smtp] = box(mtad, 'alice');
+    expect(receivedOf(local)).toEqual([expect.stringMatching(new RegExp(`^by ${HOSTNAME} \\(mtad, from userid ${myUid}\\)`))]);
+    expect(receivedOf(smtp)).toEqual([expect.stringMatching(/^from by-hand\.test \(unknown \[127\.0\.0\.1\]\)\s+by lab\.test \(mtad\) with SMTP id /)]);
   });
 });
 

@@ -2,8 +2,9 @@
 // across every chunking, recipient lists as mail programs write them, the
 // command line as getopt reads it, and the kernel's socket table lookup.
 import net from 'node:net';
+import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { InputNormalizer, parseAddressList } from '../../src/submission/message';
+import { HEADER_LIMIT, InputNormalizer, parseAddressList, readInput } from '../../src/submission/message';
 import { parseOptions } from '../../src/submission/options';
 import { socketOwner } from '../../src/system/sockowner';
 
@@ -29,6 +30,36 @@ describe('InputNormalizer', () => {
     ['last line\n.', true, 'last line\n.'],
   ])('%j (dot ends: %s) gives %j, however it is cut', (input, dotEnds, want) => {
     for (let cut = 1; cut <= input.length; cut++) expect(normalize(input, dotEnds, cut)).toBe(want);
+  });
+});
+
+async function read(text: string | Buffer, dotEnds = false): Promise<{ fields: string[]; separator: boolean; body: string }> {
+  const input = await readInput(Readable.from([Buffer.from(text)]), dotEnds);
+  const body: Buffer[] = [];
+  for await (const b of input.body.read()) body.push(b);
+  await input.body.close();
+  return { fields: input.fields.map((f) => `${f.name}|${f.raw.toString()}`), separator: input.separator, body: Buffer.concat(body).toString() };
+}
+
+describe('readInput', () => {
+  it('splits the header into fields (continuations kept), and keeps the body apart', async () => {
+    expect(await read('Subject: a\n b\nTo: x\n\nbody\n')).toEqual({ fields: ['subject|Subject: a\n b\n', 'to|To: x\n'], separator: true, body: 'body\n' });
+  });
+  it('drops a leading From_ line, as Postfix does', async () => {
+    expect(await read('From someone Tue Dec  1 00:00:00 2026\nSubject: a\n\nb\n')).toMatchObject({ fields: ['subject|Subject: a\n'], body: 'b\n' });
+  });
+  it('a body line right after the header: a separator is to be written before it', async () => {
+    expect(await read('Subject: a\nnot a header\nmore\n')).toEqual({ fields: ['subject|Subject: a\n'], separator: true, body: 'not a header\nmore\n' });
+    expect(await read('just text\n')).toEqual({ fields: [], separator: true, body: 'just text\n' });
+  });
+  it('a header without a body, even without its last newline', async () => {
+    expect(await read('Subject: only')).toEqual({ fields: ['subject|Subject: only\n'], separator: false, body: '' });
+  });
+  it('bounds the header: past HEADER_LIMIT the rest is body, nothing is lost', async () => {
+    const long = `X-Long: ${'y'.repeat(HEADER_LIMIT + 10)}\n\nend\n`;
+    const r = await read(long);
+    expect(r.fields).toEqual([]);
+    expect(r.body).toBe(long);
   });
 });
 
