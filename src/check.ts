@@ -102,12 +102,13 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   row('users', `${dir.users.size ? [...dir.users.keys()].join(', ') : 'none yet: every recipient but postmaster is refused (add one with mta-adduser)'}  (${config.usersFile})`);
   const shownAliases: string[] = [];
   for (const [name, targets] of dir.aliases) {
-    const boxes = expand(name, dir, local);
-    shownAliases.push(`${name} -> ${boxes.length ? boxes.join(',') : '(nobody)'}`);
-    if (!boxes.length) problem(`${config.aliasesFile}: alias ${name} (${targets.join(', ')}) reaches no user: mail to it is refused`, 65);
+    const { mailboxes: boxes, overflow } = expand(name, dir, local);
+    shownAliases.push(`${name} -> ${overflow ? '(too big)' : boxes.length ? boxes.join(',') : '(nobody)'}`);
+    if (overflow) problem(`${config.aliasesFile}: alias ${name}: unreasonable expansion (${overflow}): mail to it is deferred (451 4.6.0)`, 65);
+    else if (!boxes.length) problem(`${config.aliasesFile}: alias ${name} (${targets.join(', ')}) reaches no user: mail to it is refused`, 65);
   }
   row('aliases', `${shownAliases.length ? shownAliases.join('; ') : 'none'}  (${config.aliasesFile})`);
-  const pm = expand(POSTMASTER, dir, local);
+  const pm = expand(POSTMASTER, dir, local).mailboxes;
   row('postmaster', pm.length ? `-> ${pm.join(', ')}` : `-> the mailbox ${POSTMASTER}`);
 
   if (who) {

@@ -30,11 +30,11 @@ export interface LocalNames {
 export type Verdict =
   /** `extension`: the part after the delimiter (with it, "+lab3"), carried to each mailbox's Delivered-To. */
   | { ok: true; local: string; mailboxes: string[]; extension?: string }
-  | { ok: false; reply: Reply };
+  /** `warning` is for the operator's log: the refusal is a fault of ours, not the client's. */
+  | { ok: false; reply: Reply; warning?: string };
 
 /** The mailbox postmaster's mail goes to when no alias hands it to a user. */
 export const POSTMASTER = 'postmaster';
-const MAX_ALIAS_DEPTH = 20;
 
 export function relayDenied(address: string): Reply {
   return { code: 554, enhanced: '5.7.1', text: `<${address}>: Relay access denied` };
@@ -70,7 +70,7 @@ export function resolveRecipient(raw: string, address: string, dir: Directory, l
 function resolveLocal(localPart: string, shown: string, dir: Directory, local: LocalNames): Verdict {
   const name = localPart.toLowerCase();
   const whole = resolveName(name, shown, dir, local);
-  const cut = whole.ok ? -1 : firstDelimiter(name, local.delimiter ?? '');
+  const cut = whole.ok || whole.warning ? -1 : firstDelimiter(name, local.delimiter ?? '');
   if (cut <= 0) return whole;
   const base = resolveName(name.slice(0, cut), shown, dir, local);
   return base.ok ? { ...base, extension: name.slice(cut) } : whole;
@@ -82,42 +82,76 @@ function firstDelimiter(name: string, delimiter: string): number {
 }
 
 function resolveName(name: string, shown: string, dir: Directory, local: LocalNames): Verdict {
-  if (name === POSTMASTER) {
-    const boxes = expand(name, dir, local);
-    return { ok: true, local: name, mailboxes: boxes.length ? boxes : [POSTMASTER] };
+  if (name !== POSTMASTER && !isValidName(name) && !dir.aliases.has(name)) return deny(userUnknown(shown));
+  const { mailboxes, overflow } = expand(name, dir, local);
+  if (overflow) {
+    return { ok: false, reply: expansionError(shown), warning: `alias ${name}: unreasonable expansion (${overflow}): its mail is deferred with 451 4.6.0 until the aliases file is fixed` };
   }
-  if (!isValidName(name) && !dir.aliases.has(name)) return deny(userUnknown(shown));
-  const boxes = expand(name, dir, local);
-  if (!boxes.length) return deny(userUnknown(shown));
-  return { ok: true, local: name, mailboxes: boxes };
+  if (name === POSTMASTER) return { ok: true, local: name, mailboxes: mailboxes.length ? mailboxes : [POSTMASTER] };
+  if (!mailboxes.length) return deny(userUnknown(shown));
+  return { ok: true, local: name, mailboxes };
+}
+
+/**
+ * Postfix's bounds on one recipient's alias expansion: `expansion_limit` (names
+ * one recipient may reach) and local(8)'s nesting limit. Past either, the
+ * recipient is deferred, as Postfix defers it, until the aliases file is fixed.
+ */
+export const EXPANSION_LIMIT = 1000;
+export const NESTING_LIMIT = 100;
+
+export interface Expansion {
+  mailboxes: string[];
+  /** Why the expansion was given up (a limit was hit); mailboxes are then incomplete. */
+  overflow?: string;
 }
 
 /**
  * Expands a local name through the aliases to the users it reaches, in order,
  * without duplicates. A name that is both an alias and a user is the alias
- * (as in /etc/aliases); an alias that names itself means the user.
+ * (as in /etc/aliases); an alias that names itself means the user. Each name is
+ * expanded once per call, so the work is linear in the aliases it reaches, and
+ * bounded by the limits above whatever the file holds.
  */
-export function expand(name: string, dir: Directory, local: LocalNames): string[] {
-  const out: string[] = [];
-  const walk = (n: string, depth: number, seen: Set<string>): void => {
+export function expand(name: string, dir: Directory, local: LocalNames): Expansion {
+  const out = new Set<string>();
+  const reached = new Set<string>();
+  const onPath = new Set<string>();
+  const expanded = new Set<string>();
+  let overflow: string | undefined;
+  const walk = (n: string, depth: number): void => {
     const targets = dir.aliases.get(n);
-    if (!targets || seen.has(n) || depth > MAX_ALIAS_DEPTH) {
+    if (!targets || onPath.has(n)) {
       // A chain that ends at postmaster without reaching a user (MAILER-DAEMON:
-      // postmaster) ends in postmaster's own mailbox.
-      const box = dir.users.has(n) || n === POSTMASTER ? n : null;
-      if (box && !out.includes(box)) out.push(box);
+      // postmaster) ends in postmaster's own mailbox; a loop ends where it closes.
+      if (dir.users.has(n) || n === POSTMASTER) out.add(n);
       return;
     }
-    const next = new Set(seen).add(n);
+    if (expanded.has(n)) return;
+    if (depth > NESTING_LIMIT) {
+      overflow = `aliases nested more than ${NESTING_LIMIT} deep`;
+      return;
+    }
+    expanded.add(n);
+    onPath.add(n);
     for (const t of targets) {
       const target = localTarget(t, local);
       if (target === null) continue;
-      if (target === n) { if (dir.users.has(n) && !out.includes(n)) out.push(n); continue; }
-      walk(target, depth + 1, next);
+      if (target === n) { if (dir.users.has(n)) out.add(n); continue; }
+      reached.add(target);
+      if (reached.size > EXPANSION_LIMIT) overflow = `more than ${EXPANSION_LIMIT} addresses`;
+      if (overflow) break;
+      walk(target, depth + 1);
+      if (overflow) break;
     }
+    onPath.delete(n);
   };
-  walk(name, 0, new Set());
-  return out;
+  walk(name, 0);
+  return overflow ? { mailboxes: [...out], overflow } : { mailboxes: [...out] };
+}
+
+export function expansionError(address: string): Reply {
+  return { code: 451, enhanced: '4.6.0', text: `<${address}>: Recipient address rejected: Alias expansion error, try again later` };
 }
 
 /** An alias target as a local name, or null when it is not one of ours. */

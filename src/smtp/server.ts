@@ -115,7 +115,10 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     onRcptTo: guard(async (address: SMTPServerAddress, session: SMTPServerSession) => {
       const a = address as unknown as RcptAddress;
       const verdict = resolveRecipient(a.raw ?? a.address, a.address, await deps.directory(), local);
-      if (!verdict.ok) throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
+      if (!verdict.ok) {
+        if (verdict.warning) log.warn(verdict.warning);
+        throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
+      }
       // Temporary, as Postfix's 4.2.2: the user can make room. An alias is refused only when all of it is full.
       if ((await Promise.all(verdict.mailboxes.map((b) => deps.agent.isFull(b)))).every(Boolean)) {
         throw reject('RCPT', session, new SmtpError(452, '4.2.2', `<${printable(a.raw ?? a.address)}>: Mailbox full`), a.raw ?? a.address);
@@ -309,7 +312,7 @@ function extraCommands(deps: SmtpDeps, local: LocalNames): ExtraCommands {
       const d = await describe(arg);
       if (d.reply) return d.reply;
       const dir = await deps.directory();
-      const boxes = expand(d.name!, dir, local);
+      const boxes = expand(d.name!, dir, local).mailboxes;
       const lines = await Promise.all((boxes.length ? boxes : [d.name!]).map(userLine));
       return { code: 250, lines: lines.map((l) => `2.1.5 ${l}`) };
     },

@@ -1,7 +1,7 @@
 // Recipient policy: every way of asking for relay is refused, every local form accepted.
 import { describe, expect, it } from 'vitest';
 import { stripSourceRoute } from '../../src/smtp/internals';
-import { Directory, expand, LocalNames, resolveRecipient } from '../../src/policy';
+import { Directory, expand, EXPANSION_LIMIT, LocalNames, NESTING_LIMIT, resolveRecipient } from '../../src/policy';
 
 const users = new Map(['alice', 'bob', 'carol'].map((n) => [n, { name: n, password: '!', gecos: '' }]));
 const dir: Directory = {
@@ -78,8 +78,56 @@ describe('recipient policy', () => {
   });
 
   it('expands aliases in order, without duplicates, ignoring remote targets', () => {
-    expect(expand('everyone', dir, local)).toEqual(['alice', 'bob', 'carol']);
-    expect(expand('outside', dir, local)).toEqual([]);
+    expect(expand('everyone', dir, local).mailboxes).toEqual(['alice', 'bob', 'carol']);
+    expect(expand('outside', dir, local).mailboxes).toEqual([]);
+  });
+
+  it('expands each name once per recipient: a layered fan-out costs one look-up per alias, not one per path', () => {
+    // 8 levels of 6 names, each naming all 6 of the next: 6^8 paths through 55 aliases.
+    const aliases = new Map<string, string[]>();
+    const level = (i: number): string[] => Array.from({ length: 6 }, (_, j) => `l${i}x${j}`);
+    for (let i = 0; i < 8; i++) for (const n of level(i)) aliases.set(n, level(i + 1));
+    for (const n of level(8)) aliases.set(n, ['alice', 'bob']);
+    aliases.set('fan', level(0));
+    let lookups = 0;
+    const counting = new Proxy(aliases, {
+      get(target, prop) {
+        if (prop === 'get') return (k: string) => { lookups++; return target.get(k); };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const d: Directory = { users, aliases: counting };
+    expect(expand('fan', d, local)).toEqual({ mailboxes: ['alice', 'bob'] });
+    // One look-up for the recipient and one per target written in the file, at most.
+    const targets = [...aliases.values()].reduce((n, t) => n + t.length, 0);
+    expect(lookups).toBeLessThanOrEqual(1 + targets);
+  });
+
+  it(`gives up past ${EXPANSION_LIMIT} addresses or ${NESTING_LIMIT} levels, with 451 4.6.0 and a line for the log`, () => {
+    const names = (n: number): string[] => Array.from({ length: n }, (_, i) => `u${i}`);
+    const chain = (n: number): Array<[string, string[]]> => Array.from({ length: n }, (_, i) => [`d${i}`, [i === n - 1 ? 'alice' : `d${i + 1}`]]);
+    const ok: Directory = { users, aliases: new Map([['big', [...names(EXPANSION_LIMIT - 1), 'alice']], ...chain(NESTING_LIMIT)]) };
+    expect(expand('big', ok, local)).toEqual({ mailboxes: ['alice'] });
+    expect(expand('d0', ok, local)).toEqual({ mailboxes: ['alice'] });
+    const over: Directory = { users, aliases: new Map([['big', [...names(EXPANSION_LIMIT), 'alice']], ...chain(NESTING_LIMIT + 2)]) };
+    for (const name of ['big', 'd0']) {
+      const v = resolveRecipient(`${name}@lab.test`, `${name}@lab.test`, over, local);
+      expect(v.ok).toBe(false);
+      if (v.ok) continue;
+      expect([v.reply.code, v.reply.enhanced]).toEqual([451, '4.6.0']);
+      expect(v.reply.text).toMatch(/Alias expansion error/);
+      expect(v.warning).toMatch(new RegExp(`alias ${name}: unreasonable expansion`));
+    }
+    // Postmaster is no exception: its mail waits too, rather than going half-expanded.
+    const pm = resolveRecipient('postmaster', 'postmaster', { users, aliases: new Map([['postmaster', ['big']], ['big', names(EXPANSION_LIMIT + 1)]]) }, local);
+    expect(pm.ok ? 250 : pm.reply.code).toBe(451);
+  });
+
+  it('still ends a loop where it closes, and an alias naming itself is the user', () => {
+    expect(expand('loop1', dir, local).mailboxes).toEqual(['bob']);
+    const d: Directory = { users, aliases: new Map([['alice', ['alice', 'team']], ['team', ['alice', 'bob']]]) };
+    expect(expand('alice', d, local).mailboxes).toEqual(['alice', 'bob']);
   });
 });
 
