@@ -4,7 +4,7 @@
 // per recipient, and past Postfix's limits (1000 addresses, 100 levels) the
 // recipient is deferred with 451 4.6.0 and a warning in the log.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { instanceEnv, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
+import { instanceEnv, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 import { tokensByPython } from '../faults/readers';
 
@@ -77,7 +77,10 @@ describe('alias expansion', () => {
   });
 
   it('mtad --check names the aliases that would be deferred', () => {
-    const r = runCli('mtad', ['--check'], instanceEnv(m.dir));
+    // On an instance of its own: beside the running one, --check would stop at "already running" (75).
+    const dir = makeInstance({ users: ['alice', 'bob'], aliases: aliasesFile() });
+    const r = runCli('mtad', ['--check'], instanceEnv(dir));
+    removeInstance(dir);
     const problems = r.stdout.split('\n').filter((l) => l.startsWith('problem: '));
     expect(problems.filter((l) => /unreasonable expansion/.test(l)).map((l) => / alias (\S+):/.exec(l)![1]).sort()).toEqual(
       ['big', ...Array.from({ length: 150 }, (_, i) => `deep${i}`).filter((n) => Number(n.slice(4)) < 49)].sort(),
