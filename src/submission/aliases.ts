@@ -37,7 +37,9 @@ export function checkAliases(config: Config, local: LocalNames, file = config.al
         problems.push(`${file}: target "${t}" of ${name} is not local: mtad never forwards mail, it is ignored`);
       }
     }
-    if (users && !expand(name, { users: users as never, aliases: parsed.aliases }, local).length) {
+    const reach = users ? expand(name, { users: users as never, aliases: parsed.aliases }, local) : null;
+    if (reach?.overflow) problems.push(`${file}: alias ${name}: unreasonable expansion (${reach.overflow}): mail to it is deferred (451 4.6.0)`);
+    else if (reach && !reach.mailboxes.length) {
       problems.push(`${file}: alias ${name} reaches no user of ${config.usersFile}: mail to it is refused`);
     }
   }
