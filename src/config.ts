@@ -32,6 +32,7 @@ export interface Config {
   idleTimeout: number; // seconds
   transactionTimeout: number; // seconds
   lockTimeout: number; // seconds
+  staleLockTime: number; // seconds
   retryMinDelay: number; // seconds
   retryMaxDelay: number; // seconds
   shutdownGrace: number; // seconds
@@ -66,6 +67,7 @@ const KEYS = [
   'MTAD_MAILBOX_SIZE_LIMIT', 'MTAD_RECIPIENT_DELIMITER',
   'MTAD_TLS_CERT', 'MTAD_TLS_KEY', 'MTAD_TLS_REQUIRED',
   'MTAD_TRANSACTION_TIMEOUT',
+  'MTAD_STALE_LOCK_TIME',
 ] as const;
 
 export const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -187,6 +189,8 @@ function parseRaw(raw: Raw): Config {
     idleTimeout: num(get, 'MTAD_IDLE_TIMEOUT', 300, 1, 86400, false),
     transactionTimeout: num(get, 'MTAD_TRANSACTION_TIMEOUT', 600, 1, 86400, false),
     lockTimeout: num(get, 'MTAD_LOCK_TIMEOUT', 10, 0.05, 3600, false),
+    // Postfix's stale_lock_time; proper-lockfile needs at least 2 s.
+    staleLockTime: num(get, 'MTAD_STALE_LOCK_TIME', 500, 2, 86400, false),
     retryMinDelay,
     retryMaxDelay,
     shutdownGrace: num(get, 'MTAD_SHUTDOWN_GRACE', 30, 0, 3600, false),

@@ -39,6 +39,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const deliverer = new Deliverer({
     spoolDir: config.spoolDir,
     lockTimeoutMs: config.lockTimeout * 1000,
+    staleLockMs: config.staleLockTime * 1000,
     createMode: createMode(config.spoolDir),
     intentDir: queue.appendingDir,
     sizeLimit: config.mailboxSizeLimit,
@@ -68,7 +69,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     checkQueueAccess(config, runAs);
     pidFds.push(await takePidLock('queue', config.queueDir));
     queue.initSync();
-    const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir);
+    const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir, config.staleLockTime * 1000);
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
     for (const r of swept.leftAlone) log.warn(`mailbox ${r.mailbox}: an append was interrupted by a crash, but ${r.why}; left as it is`);

@@ -40,6 +40,7 @@ const LINGER_MS = 5;
 export interface DelivererOptions {
   spoolDir: string;
   lockTimeoutMs: number;
+  staleLockMs: number;
   createMode: number;
   /** Where an append in progress is recorded, one file per mailbox (the queue's appending/). */
   intentDir: string;
@@ -95,6 +96,7 @@ export class Deliverer {
         try {
           mb = await LockedMailbox.open(this.mailboxPath(mailbox), {
             deadline: Date.now() + this.opts.lockTimeoutMs,
+            staleLockMs: this.opts.staleLockMs,
             createMode: this.opts.createMode,
             intentFile: path.join(this.opts.intentDir, mailbox),
             onLockCompromised: (err) => log.warn(`dotlock of mailbox ${mailbox} compromised: ${err.message}`),

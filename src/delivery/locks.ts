@@ -5,11 +5,17 @@
 // The dotlock is proper-lockfile's: a directory created with mkdir and kept fresh
 // by touching it. While it exists, dotlock users (liblockfile, procmail, mutt_dotlock)
 // can neither create their lock file nor unlink ours, so they wait. A directory
-// left by a crash is ours by construction (nobody else makes one) and is swept at
-// start-up by sweepStaleLocks.
+// left by a crash is ours by construction (nobody else makes one; one spool, one
+// mtad) and is removed at start-up by sweepStaleLocks.
+//
+// A lock, file or directory, that nobody has touched for the stale time
+// (MTAD_STALE_LOCK_TIME, Postfix's stale_lock_time) was left by a program that
+// died holding it: it is broken, with a log line, when a delivery finds it and at
+// start-up, as liblockfile and Postfix do. A holder that keeps it longer touches it.
 import fs from 'node:fs';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
+import { log } from '../log';
 import { tryLock } from '../system/fcntl';
 
 export class LockTimeout extends Error {
@@ -41,21 +47,21 @@ export async function lockFcntl(fd: number, mailbox: string, deadline: number): 
   if (!ok) throw new LockTimeout('fcntl', mailbox);
 }
 
-// Our lock counts as stale to us only after this long without a touch; foreign
-// dotlock files are treated the same way, well above liblockfile's 5 minutes.
-const STALE_MS = 10 * 60 * 1000;
 const UPDATE_MS = 5000;
 
 export type Release = () => Promise<void>;
 
-export async function lockDotlock(mailbox: string, deadline: number, onCompromised: (err: Error) => void): Promise<Release> {
+export async function lockDotlock(mailbox: string, deadline: number, staleMs: number, onCompromised: (err: Error) => void): Promise<Release> {
   let release: Release | null = null;
+  const lockPath = `${mailbox}.lock`;
   const ok = await poll(async () => {
+    breakStaleLock(lockPath, staleMs);
     try {
       release = await lockfile.lock(mailbox, {
-        lockfilePath: `${mailbox}.lock`,
+        lockfilePath: lockPath,
         realpath: false,
-        stale: STALE_MS,
+        // Twice ours: its own silent removal of stale directories never comes first.
+        stale: 2 * staleMs,
         update: UPDATE_MS,
         retries: 0,
         onCompromised,
@@ -70,8 +76,37 @@ export async function lockDotlock(mailbox: string, deadline: number, onCompromis
   return release;
 }
 
+/**
+ * Removes the lock at `lockPath` (a file or an empty directory) if nobody has
+ * touched it for longer than `staleMs`, and says so in the log; true if it did.
+ * Age is judged by the mtime, which a holder refreshes (lockfile_touch(3), dotlockfile -t).
+ */
+export function breakStaleLock(lockPath: string, staleMs: number): boolean {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(lockPath);
+  } catch {
+    return false; // no lock: the usual case
+  }
+  const age = Date.now() - st.mtimeMs;
+  if (age <= staleMs) return false;
+  const what = `${st.isDirectory() ? 'a directory' : 'a file'} nobody had touched for ${Math.round(age / 1000)} s`;
+  const mailbox = path.basename(lockPath).replace(/\.lock$/, '');
+  try {
+    if (st.isDirectory()) fs.rmdirSync(lockPath);
+    else fs.unlinkSync(lockPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return false; // its holder removed it meanwhile
+    log.warn(`mailbox ${mailbox}: cannot break the stale lock ${lockPath} (${what}): ${code ?? (err as Error).message}`);
+    return false;
+  }
+  log.warn(`mailbox ${mailbox}: broke the stale lock ${lockPath}, ${what} (MTAD_STALE_LOCK_TIME ${staleMs / 1000} s)`);
+  return true;
+}
+
 export interface SweepResult {
-  /** Lock directories removed. */
+  /** Lock directories of an earlier mtad removed. */
   removed: string[];
   /** Mailboxes cut back to their size before an append that a kill interrupted, with the bytes removed. */
   rolledBack: Array<{ mailbox: string; bytes: number }>;
@@ -87,10 +122,11 @@ const MAILBOX_NAME = /^[a-z_][a-z0-9_-]*$/;
  * a mailbox whose size lies strictly between the recorded before and after sizes
  * holds a torn entry and is truncated back; any other size means the append
  * completed, or someone else wrote since, and the mailbox is left as it is.
- * Then the dotlock directories we left in the spool are removed. Only
- * directories are touched: a lock *file* belongs to a mail reader.
+ * Then the dotlock directories an earlier mtad left in the spool are removed,
+ * whatever their age, and lock files nobody has touched for `staleMs` are broken
+ * (breakStaleLock): a fresh lock file belongs to a mail reader at work.
  */
-export function sweepStaleLocks(spoolDir: string, intentDir: string): SweepResult {
+export function sweepStaleLocks(spoolDir: string, intentDir: string, staleMs: number): SweepResult {
   const result: SweepResult = { removed: [], rolledBack: [], leftAlone: [] };
   for (const name of fs.readdirSync(intentDir)) {
     const record = path.join(intentDir, name);
@@ -108,16 +144,18 @@ export function sweepStaleLocks(spoolDir: string, intentDir: string): SweepResul
     fs.rmSync(record, { force: true });
   }
   for (const name of fs.readdirSync(spoolDir)) {
-    if (!name.endsWith('.lock')) continue;
+    if (!name.endsWith('.lock') || !MAILBOX_NAME.test(name.slice(0, -'.lock'.length))) continue;
     const p = path.join(spoolDir, name);
     try {
       if (fs.lstatSync(p).isDirectory()) {
         fs.rmdirSync(p);
         result.removed.push(name);
+        continue;
       }
     } catch {
-      // gone already, or not empty: then it is not one of ours, leave it
+      // gone already, or not empty: then it is not one of ours; judged by its age below
     }
+    breakStaleLock(p, staleMs);
   }
   return result;
 }

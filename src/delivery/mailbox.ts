@@ -35,6 +35,8 @@ export interface AppendOptions {
   createMode: number;
   /** The file that records each append while it is in progress. */
   intentFile: string;
+  /** A dotlock nobody has touched for this long is broken (locks.ts, breakStaleLock). */
+  staleLockMs: number;
   onLockCompromised: (err: Error) => void;
 }
 
@@ -65,7 +67,7 @@ export class LockedMailbox {
     try {
       checkSafe(await fh.stat());
       await lockFcntl(fh.fd, file, opts.deadline);
-      const release = await lockDotlock(file, opts.deadline, opts.onLockCompromised);
+      const release = await lockDotlock(file, opts.deadline, opts.staleLockMs, opts.onLockCompromised);
       try {
         const st = await fh.stat();
         checkSafe(st);
