@@ -2,10 +2,12 @@
 // "<time> mtad[<pid>]: <QUEUEID>: to=<...>, relay=local, ... status=sent (...)".
 // Warnings and errors carry Postfix's "warning:"/"error:" prefix so grep finds them.
 import winston from 'winston';
+import { printable } from './text';
 
 const line = winston.format.printf((info) => {
   const prefix = info.level === 'info' ? '' : info.level === 'warn' ? 'warning: ' : `${info.level}: `;
-  return `${info.timestamp} mtad[${process.pid}]: ${prefix}${info.message}`;
+  // One event, one line of printable ASCII, whatever a client put into the message.
+  return `${info.timestamp} mtad[${process.pid}]: ${prefix}${printable(String(info.message), { show: 'escape' })}`;
 });
 
 export const log = winston.createLogger({

@@ -4,6 +4,7 @@
 // and resolves through the aliases to users of the users file; postmaster is
 // always accepted (RFC 5321 section 4.5.1).
 import { isValidName } from './accounts/names';
+import { isPrintableAscii, printable } from './text';
 import type { User } from './accounts/users';
 
 export interface Reply {
@@ -44,23 +45,64 @@ export function userUnknown(address: string): Reply {
   return { code: 550, enhanced: '5.1.1', text: `<${address}>: Recipient address rejected: User unknown in local recipient table` };
 }
 
+export function badRecipientSyntax(address: string): Reply {
+  return { code: 501, enhanced: '5.1.3', text: `<${address}>: Bad recipient address syntax` };
+}
+
+/** RFC 6531 3.5: what a server that does not offer SMTPUTF8 answers to a non-ASCII mailbox. */
+export function nonAsciiRecipient(address: string): Reply {
+  return { code: 553, enhanced: '5.6.7', text: `<${address}>: Non-ASCII recipient address not permitted: this server does not offer SMTPUTF8` };
+}
+
+/** Longest address echoed in a reply or log line. */
+const SHOWN_MAX = 256;
+
 /**
  * Decides one recipient. `raw` is the address exactly as the client wrote it
  * (inside the brackets, source route included); `address` is that text with a
- * source route removed.
+ * source route removed. Whether the domain is ours is decided first, whatever
+ * the characters: only then are the local part's characters judged.
  */
 export function resolveRecipient(raw: string, address: string, dir: Directory, local: LocalNames): Verdict {
-  const shown = printable(raw);
-  // Source routes (<@a,@b:user@c>), quoted local parts, backslash escapes: all
-  // ways of asking us to pass the mail on. We never do.
-  if (/^@/.test(raw) || /["\\]/.test(raw)) return deny(relayDenied(shown));
-  const at = address.split('@');
-  if (at.length > 2) return deny(relayDenied(shown));
-  const [localPart, domainPart] = at;
-  if (at.length === 2 && !isLocalDomain(domainPart, local)) return deny(relayDenied(shown));
-  // user%host@us and host!user@us are the old relay hacks.
-  if (/[%!]/.test(localPart)) return deny(relayDenied(shown));
+  const shown = printable(raw, { max: SHOWN_MAX });
+  // A source route (<@a,@b:user@c>) asks us to pass the mail on. We never do.
+  if (raw.startsWith('@')) return deny(relayDenied(shown));
+  const parts = splitAddress(address);
+  if (!parts) return deny(badRecipientSyntax(shown));
+  const { localPart, domain } = parts;
+  if (domain !== undefined && !isLocalDomain(domain, local)) return deny(relayDenied(shown));
+  // user%host@us, host!user@us, "user@host"@us: the old relay hacks.
+  if (/[%!@]/.test(localPart)) return deny(relayDenied(shown));
+  // Control characters are no address (SMTP refuses them before this); 8-bit ones need SMTPUTF8.
+  if (/[\x00-\x1f\x7f]/.test(localPart)) return deny(badRecipientSyntax(shown));
+  if (!isPrintableAscii(localPart)) return deny(nonAsciiRecipient(shown));
   return resolveLocal(localPart, shown, dir, local);
+}
+
+/**
+ * "local@domain" or "local" into its parts, the local part unquoted when it is a
+ * quoted string ("alice"@x is alice@x, RFC 5321 4.1.2). Unquoted, the domain is
+ * after the last "@". Null for what is no address at all: an unterminated quote,
+ * text after the closing quote, an empty local part or domain.
+ */
+export function splitAddress(address: string): { localPart: string; domain?: string } | null {
+  let localPart: string;
+  let rest: string;
+  if (address.startsWith('"')) {
+    const m = /^"((?:[^"\\]|\\.)*)"(.*)$/s.exec(address);
+    if (!m) return null;
+    localPart = m[1].replace(/\\(.)/gs, '$1');
+    rest = m[2];
+    if (rest && !rest.startsWith('@')) return null;
+  } else {
+    const at = address.lastIndexOf('@');
+    localPart = at < 0 ? address : address.slice(0, at);
+    rest = at < 0 ? '' : address.slice(at);
+  }
+  if (!localPart) return null;
+  if (!rest) return { localPart };
+  const domain = rest.slice(1);
+  return domain ? { localPart, domain } : null;
 }
 
 /**
@@ -164,7 +206,10 @@ function localTarget(target: string, local: LocalNames): string | null {
 }
 
 export function isLocalDomain(domain: string, local: LocalNames): boolean {
-  const d = domain.toLowerCase().replace(/\.$/, '');
+  // Ours are ASCII: a look-alike (Cyrillic a, the Kelvin sign that lower-cases to
+  // "k") is never one of them, so case is folded for A-Z alone.
+  if (!isPrintableAscii(domain)) return false;
+  const d = domain.replace(/[A-Z]/g, (c) => c.toLowerCase()).replace(/\.$/, '');
   if (d.startsWith('[')) return local.literals.has(normaliseLiteral(d));
   return local.domains.has(d);
 }
@@ -183,10 +228,4 @@ export function normaliseLiteral(literal: string): string {
 
 function deny(reply: Reply): Verdict {
   return { ok: false, reply };
-}
-
-/** Addresses are echoed in replies and logs: no control characters, bounded length. */
-export function printable(s: string): string {
-  const clean = s.replace(/[\x00-\x1f\x7f]/g, '?');
-  return clean.length > 256 ? clean.slice(0, 256) + '...' : clean;
 }

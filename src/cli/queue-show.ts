@@ -6,6 +6,7 @@ import { FLUSH, sendRequest } from '../queue/control';
 import { queueHolder } from '../queue/pidfile';
 import { Queue } from '../queue/queue';
 import { CliError, EX } from './common';
+import { printable } from '../text';
 
 /** What mailq prints. */
 export async function showQueue(config: Config): Promise<number> {
@@ -78,9 +79,9 @@ export async function printQueue(queue: Queue, ids: string[]): Promise<void> {
       bytes += body.length;
       if (s.held) held++;
       const done = new Set(s.done);
-      process.stdout.write(`${e.id}  ${String(body.length).padStart(9)}  ${age(Date.parse(e.received)).padStart(7)}  <${e.sender}>\n`);
+      process.stdout.write(`${e.id}  ${String(body.length).padStart(9)}  ${age(Date.parse(e.received)).padStart(7)}  <${printable(e.sender, { show: 'escape' })}>\n`);
       for (const r of e.recipients) {
-        process.stdout.write(`${pad}-> <${r.address}>${done.has(r.mailbox) ? ' (delivered)' : ''}\n`);
+        process.stdout.write(`${pad}-> <${printable(r.address, { show: 'escape' })}>${done.has(r.mailbox) ? ' (delivered)' : ''}\n`);
       }
       const next = s.nextAttempt ? Date.parse(s.nextAttempt) - Date.now() : null;
       if (s.lastReason) {

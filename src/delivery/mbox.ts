@@ -4,6 +4,8 @@
 // one more ">" (mboxrd: reversible, and every mboxo reader still sees a
 // quoted line). All other bytes are kept exactly: the encoder works on Buffers.
 
+import { asciiBytes, printable } from '../text';
+
 const LF = 0x0a;
 const CR = 0x0d;
 const GT = 0x3e;
@@ -30,22 +32,24 @@ export function rfc5322Date(d: Date): string {
 }
 
 /**
- * The envelope sender as it appears in the From_ line: printable ASCII only (Python's
- * mailbox decodes that line as ASCII and fails on anything else; white space would
- * split it), MAILER-DAEMON for <>. The Return-Path: line keeps the address as given.
+ * The envelope sender as it appears in the From_ line: printable ASCII without
+ * white space (Python's mailbox decodes that line as ASCII and fails on anything
+ * else; a space would split it), MAILER-DAEMON for <>.
  */
 export function fromLineSender(sender: string): string {
-  return sender ? sender.replace(/[^\x21-\x7e]/g, '_') : 'MAILER-DAEMON';
+  return sender ? printable(sender).replace(/ /g, '_') : 'MAILER-DAEMON';
 }
 
-/** What goes before the message in one mailbox: From_ line, Return-Path, Delivered-To. */
+/**
+ * What goes before the message in one mailbox: From_ line, Return-Path, Delivered-To.
+ * SMTP refuses envelopes outside printable ASCII, but a queue file written by an
+ * older mtad may hold one: every piece goes through printable() here all the same.
+ */
 export function entryPrefix(sender: string, deliveredTo: string, when: Date): Buffer {
-  const clean = sender.replace(/[\x00-\x1f\x7f]/g, '');
-  return Buffer.from(
+  return asciiBytes(
     `From ${fromLineSender(sender)}  ${asctime(when)}\n` +
-    `Return-Path: <${clean}>\n` +
-    `Delivered-To: ${deliveredTo}\n`,
-    'latin1',
+    `Return-Path: <${printable(sender)}>\n` +
+    `Delivered-To: ${printable(deliveredTo)}\n`,
   );
 }
 
@@ -63,14 +67,14 @@ export interface ReceivedInfo {
   date: Date;
 }
 
-/** The Received: trace field we add (RFC 5321 section 4.4), LF-terminated. */
+/** The Received: trace field we add (RFC 5321 section 4.4), LF-terminated; printable ASCII, TAB and LF only. */
 export function receivedHeader(r: ReceivedInfo): string {
-  const helo = (r.helo || 'unknown').replace(/[^\x21-\x7e]/g, '?');
-  const rdns = r.clientHostname && !r.clientHostname.startsWith('[') ? r.clientHostname : 'unknown';
+  const helo = printable(r.helo || 'unknown').replace(/ /g, '?');
+  const rdns = r.clientHostname && !r.clientHostname.startsWith('[') ? printable(r.clientHostname) : 'unknown';
   const literal = r.clientAddress.includes(':') ? `IPv6:${r.clientAddress}` : r.clientAddress;
   return `Received: from ${helo} (${rdns} [${literal}])\n` +
     `\tby ${r.hostname} (mtad) with ${r.protocol} id ${r.id}` +
-    (r.recipient ? `\n\tfor <${r.recipient.replace(/[^\x21-\x7e]/g, '?')}>` : '') +
+    (r.recipient ? `\n\tfor <${printable(r.recipient).replace(/ /g, '?')}>` : '') +
     `; ${rfc5322Date(r.date)}\n`;
 }
 

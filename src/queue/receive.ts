@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
 import { Body, writeAllv } from '../delivery/mailbox';
 import { MboxEncoder } from '../delivery/mbox';
+import { asciiBytes } from '../text';
 import { Envelope, Queue } from './queue';
 
 export const SPILL_AT = 256 * 1024;
@@ -28,7 +29,7 @@ export async function receiveBody(
   tap?: { push(chunk: Buffer): void; end(): void },
 ): Promise<Received> {
   const enc = new MboxEncoder();
-  let chunks: Buffer[] = [...enc.push(Buffer.from(receivedHeader, 'latin1'))];
+  let chunks: Buffer[] = [...enc.push(asciiBytes(receivedHeader))];
   let memBytes = chunks.reduce((n, c) => n + c.length, 0);
   let fh: FileHandle | null = null;
   let offset = 0;

@@ -19,18 +19,32 @@
 //  - deadlines: the library's idle timeout restarts with every byte, so a client
 //    trickling one byte every few seconds would never be cut. A command line must be
 //    whole within the idle timeout of our last reply (Postfix's per-record deadline),
-//    and a transaction, MAIL to the end of the message, must end within its own.
+//    and a transaction, MAIL to the end of the message, must end within its own;
+//  - what a command line may hold (checkCommand, checkArguments): no control
+//    characters anywhere, printable ASCII in HELO/EHLO and MAIL (SMTPUTF8 is not
+//    offered, RFC 6531), no text after an address without brackets, no MAIL/RCPT
+//    parameter that was not offered (555, RFC 5321 4.1.1.11); the library takes
+//    unknown parameters silently and decodes lines as UTF-8;
+//  - WIZ, SHELL, KILL (the library's jokes answer 2xx) and TURN, ETRN, BDAT and
+//    the other verbs we do not implement: 502;
+//  - DATA: the first period of every line that starts with one is removed (RFC
+//    5321 4.5.2); the library removes it only from "..".
 import { SMTPServer } from 'smtp-server';
 import { log } from '../log';
+import { printable } from '../text';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { SMTPStream } = require('smtp-server/lib/smtp-stream') as { SMTPStream: StreamClass };
 
 export const PINNED_VERSION = '3.21.6';
 
 /** What a connection offers to our command handlers. */
 export interface Connection {
+  id: string;
   session: { id: string; [key: string]: unknown };
   remoteAddress: string;
+  secure?: boolean;
   send(code: number, data: string | string[], context?: string | false): void;
   _server: SMTPServer & { mtadCommands?: ExtraCommands; mtadLimits?: Limits };
 }
@@ -91,6 +105,26 @@ interface ConnectionClass {
     _parseAddressCommand: (name: string, command: Buffer | string) => ParsedAddress | false;
     upgrade: (...args: unknown[]) => void;
     _onError: (err: Error) => void;
+    _isSupported: (command: string) => boolean;
+  };
+}
+
+/** The DATA side of the library's command parser, as far as feedData uses it. */
+interface StreamState {
+  _dataStream: (NodeJS.WritableStream & { writable: boolean; destroyed: boolean; write(b: Buffer): boolean }) | null;
+  _lastBytes: Buffer | false;
+  _countDataBytes(len: number): void;
+  _endDataMode(chunk: Buffer | false, remainder: Buffer, done: (err?: Error) => void): void;
+  /** How the next byte of DATA starts a line: after CRLF (or at the start), after a bare LF, or not at all. */
+  mtadLine?: 'crlf' | 'lf' | null;
+  /** The byte before was a CR. */
+  mtadCR?: boolean;
+}
+
+interface StreamClass {
+  prototype: Record<string, unknown> & {
+    startDataMode: (maxBytes?: number) => unknown;
+    _feedDataStream: (chunk: Buffer, done: (err?: Error) => void) => void;
   };
 }
 
@@ -122,6 +156,14 @@ const STAND_IN = 'postmaster@mtad.invalid';
 
 let installed = false;
 
+const reply = (conn: Connection, r: Reply): void => conn.send(r.code, r.lines.length === 1 ? r.lines[0] : r.lines);
+
+// Commands whose arguments checkArguments sees before the library does.
+const ARGUMENT_CHECKED = ['HELO', 'EHLO', 'MAIL', 'RCPT'] as const;
+// Real SMTP verbs (RFC 821, 1985, 2645, 3030, sendmail's debugging commands) that
+// mtad does not implement: 502, as RFC 5321 4.2.4 asks; anything else unknown stays 500.
+const NOT_IMPLEMENTED = ['TURN', 'ETRN', 'ATRN', 'BDAT', 'SEND', 'SOML', 'SAML', 'VERB', 'WIZ', 'SHELL', 'KILL', 'DEBUG'];
+
 export function installInternals(): void {
   if (installed) return;
   installed = true;
@@ -132,8 +174,13 @@ export function installInternals(): void {
   }
   const proto = SMTPConnection.prototype;
   for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP',
-    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS', '_onClose', '_resetSession']) {
+    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS', '_onClose', '_resetSession', '_isSupported',
+    ...ARGUMENT_CHECKED.map((v) => `handler_${v}`)]) {
     if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
+  }
+  const stream = SMTPStream.prototype;
+  for (const name of ['startDataMode', '_feedDataStream', '_countDataBytes', '_endDataMode']) {
+    if (typeof stream[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPStream.${name} is gone`);
   }
 
   // Greet at once (same checks as the original init, without its setTimeout(100)).
@@ -173,13 +220,42 @@ export function installInternals(): void {
   proto._onCommand = function (this: Connection & ConnectionState, command, callback) {
     clearTimeout(this.mtadLineTimer);
     const limits = this._server.mtadLimits;
-    if (limits && command && command.length > limits.maxLineLength) {
-      this.send(500, '5.5.2 Error: line too long');
+    const refusal = limits && command && command.length > limits.maxLineLength
+      ? { code: 500, lines: ['5.5.2 Error: line too long'] }
+      : limits && command ? checkCommand(command.toString()) : null;
+    if (refusal) {
+      // The library logs a command only when it runs it: the trace shows this one too.
+      const text = command.toString();
+      this._server.logger.debug({ tnx: 'command', cid: this.id, command: text.split(' ')[0].toUpperCase() }, 'C:', text);
+      reply(this, refusal);
       setImmediate(() => this._whenWritable(callback ?? (() => undefined)));
       return;
     }
     onCommand.call(this, command, callback);
   };
+
+  // Arguments are checked once the library has checked the order (HELO first).
+  for (const verb of ARGUMENT_CHECKED) {
+    const handler = proto[`handler_${verb}`] as Handler;
+    proto[`handler_${verb}`] = function (this: Connection & typeof proto, command: Buffer | string, callback: () => void) {
+      const refusal = this._server.mtadLimits ? checkArguments(verb, command.toString(), offeredParameters(this)) : null;
+      if (refusal) { reply(this, refusal); callback(); return; }
+      handler.call(this, command, callback);
+    };
+  }
+  const notImplemented: Handler = function (this: Connection, _command, callback) {
+    this.send(502, '5.5.1 Error: command not implemented');
+    callback();
+  };
+  for (const verb of NOT_IMPLEMENTED) proto[`handler_${verb}`] = notImplemented;
+
+  const startDataMode = stream.startDataMode;
+  stream.startDataMode = function (this: StreamState, maxBytes?: number) {
+    this.mtadLine = 'crlf';
+    this.mtadCR = false;
+    return startDataMode.call(this, maxBytes);
+  };
+  stream._feedDataStream = feedData;
 
   const onTimeout = proto._onTimeout;
   proto._onTimeout = function (this: ConnectionState) {
@@ -233,11 +309,13 @@ export function installInternals(): void {
       return parsed;
     }
     const parsed = parse.call(this, rawName, `${verb}:<${inner}>${params}`);
-    if (parsed) parsed.raw = inner;
+    if (!parsed) return false;
+    // The sender as written: the library would turn an xn-- domain into Unicode.
+    parsed.address = stripSourceRoute(inner);
+    parsed.raw = inner;
     return parsed;
   };
 
-  const reply = (conn: Connection, r: Reply): void => conn.send(r.code, r.lines.length === 1 ? r.lines[0] : r.lines);
   const extra = (name: keyof ExtraCommands): Handler => function (this: Connection, command, callback) {
     const cmds = this._server.mtadCommands;
     const arg = command.toString().trim().split(/\s+/).slice(1).join(' ');
@@ -280,22 +358,148 @@ function armDeadlines(conn: ConnectionState, limits: Limits): void {
  * as written (no brackets) and the parameters. Null when there is no address at
  * all ("MAIL FROM:"), which the library answers with 501.
  */
-export function splitAddressCommand(command: string): { verb: string; inner: string; params: string } | null {
+export function splitAddressCommand(command: string): { verb: string; inner: string; params: string; bracketed: boolean } | null {
   const colon = command.indexOf(':');
   if (colon < 0) return null;
   const verb = command.slice(0, colon);
-  const rest = command.slice(colon + 1).trim();
+  // SMTP's white space is SP (and TAB, refused earlier); U+2028 or NBSP are part of a word here.
+  const rest = command.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
   if (!rest) return null;
   if (rest.startsWith('<')) {
     const end = rest.indexOf('>');
     if (end < 0) return null;
-    return { verb, inner: rest.slice(1, end), params: rest.slice(end + 1) };
+    return { verb, inner: rest.slice(1, end), params: rest.slice(end + 1), bracketed: true };
   }
-  const sp = rest.search(/\s/);
-  return sp < 0 ? { verb, inner: rest, params: '' } : { verb, inner: rest.slice(0, sp), params: rest.slice(sp) };
+  const sp = rest.search(/[ \t]/);
+  return { verb, inner: sp < 0 ? rest : rest.slice(0, sp), params: sp < 0 ? '' : rest.slice(sp), bracketed: false };
 }
 
 /** "@a,@b:user@c" to "user@c" (RFC 5321 appendix C). */
 export function stripSourceRoute(address: string): string {
   return address.replace(/^@[^:]*:/, '');
+}
+
+/**
+ * mtad's own answer to a whole command line, before the library sees it; null
+ * when the library's turn. Control characters (NUL, a lone CR, TAB, DEL) have no
+ * place in any command: they would reach replies, logs and the mbox.
+ */
+export function checkCommand(line: string): Reply | null {
+  if (/[\x00-\x1f\x7f]/.test(line)) return { code: 501, lines: ['5.5.2 Syntax error: control character in command'] };
+  return null;
+}
+
+/** The MAIL and RCPT parameters a connection offers, as its EHLO reply lists them. */
+export interface Offered {
+  mail: ReadonlySet<string>;
+  rcpt: ReadonlySet<string>;
+}
+
+function offeredParameters(conn: Connection & { _isSupported(c: string): boolean }): Offered {
+  const o = conn._server.options as unknown as Record<string, unknown> & { authMethods?: string[] };
+  const mail = new Set<string>();
+  const rcpt = new Set<string>();
+  if (o.size) mail.add('SIZE');
+  if (!o.hide8BITMIME) mail.add('BODY');
+  if (!o.hideSMTPUTF8) mail.add('SMTPUTF8');
+  if (!o.hideDSN) ['RET', 'ENVID'].forEach((p) => mail.add(p));
+  if (!o.hideDSN) ['NOTIFY', 'ORCPT'].forEach((p) => rcpt.add(p));
+  if (conn.secure && !o.hideREQUIRETLS) mail.add('REQUIRETLS');
+  if (o.authMethods?.length && conn._isSupported('AUTH')) mail.add('AUTH');
+  return { mail, rcpt };
+}
+
+/**
+ * mtad's own answer to the arguments of HELO, EHLO, MAIL and RCPT (the line
+ * already has no control characters); null when they are for the library and
+ * the policy to judge. Non-ASCII in a recipient is left to the policy, which
+ * refuses it as relay (not our domain) or 553 5.6.7 (our domain).
+ */
+export function checkArguments(verb: typeof ARGUMENT_CHECKED[number], line: string, offered: Offered): Reply | null {
+  if (verb === 'HELO' || verb === 'EHLO') {
+    if (/[^\x20-\x7e]/.test(line)) return { code: 501, lines: [`5.5.2 Syntax: ${verb} hostname (printable ASCII only)`] };
+    return null;
+  }
+  const sender = verb === 'MAIL';
+  const split = splitAddressCommand(line);
+  // Not "MAIL FROM:" / "RCPT TO:" at all: the library's 501.
+  if (!split || split.verb.trim().toUpperCase() !== (sender ? 'MAIL FROM' : 'RCPT TO')) return null;
+  const what = sender ? 'sender' : 'recipient';
+  const enhanced = sender ? '5.1.7' : '5.1.3';
+  if (!split.bracketed && split.params.replace(/[ \t]+/g, '')) {
+    return { code: 501, lines: [`${enhanced} Bad ${what} address syntax: text after an address without <>`] };
+  }
+  const allowed = sender ? offered.mail : offered.rcpt;
+  for (const param of split.params.split(/[ \t]+/).filter(Boolean)) {
+    const key = param.split('=')[0].toUpperCase();
+    if (!allowed.has(key)) {
+      return { code: 555, lines: [`5.5.4 ${sender ? 'MAIL FROM' : 'RCPT TO'} parameter ${printable(key, { max: 40 }) || '""'} not recognised or not offered`] };
+    }
+  }
+  if (/[^\x20-\x7e]/.test(split.params)) return { code: 501, lines: ['5.5.4 Syntax error in parameters: printable ASCII only'] };
+  if (sender && /[^\x20-\x7e]/.test(split.inner)) {
+    return { code: 553, lines: ['5.6.7 Non-ASCII sender address not permitted: this server does not offer SMTPUTF8'] };
+  }
+  return null;
+}
+
+const DOT = 0x2e;
+const CR = 0x0d;
+const LF = 0x0a;
+
+/**
+ * The library's DATA parser with RFC 5321 4.5.2 transparency: the first period
+ * of any line that starts with one is removed; <CRLF>.<CRLF> (or "." first
+ * thing after DATA) ends the message. A bare LF starts a line too (the mbox
+ * stores LF), but never ends the message: only CRLF does, so no fake end of data
+ * exists. A period that cannot yet be judged (the chunk ends after "." or ".\r")
+ * is held back with the state before it and judged with the next chunk.
+ */
+function feedData(this: StreamState, input: Buffer, done: (err?: Error) => void): void {
+  const chunk = this._lastBytes && this._lastBytes.length ? Buffer.concat([this._lastBytes, input]) : input;
+  this._lastBytes = false;
+  const pieces: Buffer[] = [];
+  let from = 0;
+  let line = this.mtadLine ?? null;
+  let cr = this.mtadCR ?? false;
+  for (let i = 0; i < chunk.length; i++) {
+    const b = chunk[i];
+    if (line && b === DOT) {
+      if (line === 'crlf') {
+        const undecided = i + 1 >= chunk.length || (chunk[i + 1] === CR && i + 2 >= chunk.length);
+        if (undecided) {
+          pieces.push(chunk.subarray(from, i));
+          this._lastBytes = chunk.subarray(i);
+          from = chunk.length;
+          break;
+        }
+        if (chunk[i + 1] === CR && chunk[i + 2] === LF) {
+          pieces.push(chunk.subarray(from, i));
+          const body = Buffer.concat(pieces);
+          this._countDataBytes(body.length);
+          this._endDataMode(body, chunk.subarray(i + 3), done);
+          return;
+        }
+      }
+      pieces.push(chunk.subarray(from, i));
+      from = i + 1;
+      line = null;
+      cr = false;
+      continue;
+    }
+    line = b === LF ? (cr ? 'crlf' : 'lf') : null;
+    cr = b === CR;
+  }
+  if (from < chunk.length) pieces.push(chunk.subarray(from));
+  this.mtadLine = line;
+  this.mtadCR = cr;
+  const out = pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
+  const stream = this._dataStream;
+  if (!out.length || !stream) { done(); return; }
+  this._countDataBytes(out.length);
+  if (!stream.writable || stream.write(out) || stream.destroyed) { done(); return; }
+  // A stream the application destroys never drains, it only closes.
+  const go = (): void => { stream.removeListener('drain', go); stream.removeListener('close', go); done(); };
+  stream.once('drain', go);
+  stream.once('close', go);
 }

@@ -11,9 +11,10 @@ import type { Config } from '../config';
 import { DeliveryAgent, storageFailure, TempFailure } from '../delivery/agent';
 import { localReceivedHeader, receivedHeader } from '../delivery/mbox';
 import { log } from '../log';
-import { Directory, expand, LocalNames, printable, resolveRecipient, Reply as PolicyReply } from '../policy';
+import { Directory, expand, LocalNames, resolveRecipient, Reply as PolicyReply } from '../policy';
 import { Envelope, Queue, Recipient } from '../queue/queue';
 import { receiveBody } from '../queue/receive';
+import { printable } from '../text';
 import { MIN_TLS_VERSION, TlsFiles } from '../tls';
 import { socketOwner } from '../system/sockowner';
 import { Connection, ExtraCommands, hardLineCap, installInternals, Limits, ParsedAddress, Reply } from './internals';
@@ -59,12 +60,13 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
   const local = localNames(config);
   const perIp = new ClientCounter(config.maxClientsPerIp);
 
+  const shown = (text: string): string => printable(text, { max: 256, show: 'escape' });
   // A client gone before its address was read (a port scanner's RST) has none.
   const client = (s: SMTPServerSession): string => `${s.clientHostname && !s.clientHostname.startsWith('[') ? s.clientHostname : 'unknown'}[${s.remoteAddress || 'unknown'}]`;
   const reject = (stage: string, s: SMTPServerSession, err: SmtpError, to?: string): SmtpError => {
     const from = s.envelope.mailFrom ? s.envelope.mailFrom.address : '';
-    log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${from}>` +
-      `${to !== undefined ? ` to=<${printable(to)}>` : ''} proto=${s.transmissionType} helo=<${s.hostNameAppearsAs ?? ''}>`);
+    log.info(`NOQUEUE: reject: ${stage} from ${client(s)}: ${err.responseCode} ${err.message}; from=<${shown(from)}>` +
+      `${to !== undefined ? ` to=<${shown(to)}>` : ''} proto=${s.transmissionType} helo=<${shown(s.hostNameAppearsAs ?? '')}>`);
     return err;
   };
 
@@ -191,7 +193,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
     if (got.tooBig) {
       throw reject('END-OF-MESSAGE', session, new SmtpError(552, '5.3.4', `Message size exceeds fixed limit of ${config.maxMessageSize} bytes`));
     }
-    log.info(`${id}: client=${client(session)}${uid !== undefined ? `, uid=${uid}` : ''}, from=<${sender}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
+    log.info(`${id}: client=${client(session)}${uid !== undefined ? `, uid=${uid}` : ''}, from=<${shown(sender)}>, size=${got.size}, nrcpt=${rcpts.length} (queue active)`);
     try {
       await deps.agent.accept({ envelope, body: got.body });
     } catch (err) {

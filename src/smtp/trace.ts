@@ -8,6 +8,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { SMTPServer } from 'smtp-server';
 import { log } from '../log';
+import { printable } from '../text';
 
 /** Session property holding the queue id of the transaction in DATA, for the tags. */
 export const TRACE_ID = 'mtadTraceId';
@@ -24,9 +25,9 @@ interface TracedConnection {
 const SHOWN_LINES = 12;
 const SHOWN_LINE_LENGTH = 200;
 
-/** What a line looks like on the projector: control characters and 8-bit bytes escaped, long lines cut. */
+/** What a line looks like on the projector: all but printable ASCII escaped, long lines cut. */
 export function printableLine(line: string): string {
-  const s = line.replace(/[\x00-\x1f\x7f-\xff]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  const s = printable(line, { show: 'escape' });
   return s.length > SHOWN_LINE_LENGTH ? `${s.slice(0, SHOWN_LINE_LENGTH)}[...]` : s;
 }
 

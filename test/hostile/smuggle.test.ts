@@ -1,7 +1,8 @@
 // Bare LF and bare CR in DATA, and SMTP smuggling. mtad's answer is Postfix's
 // `smtpd_forbid_bare_newline = normalize`: only <CRLF>.<CRLF> ends a message; a
-// bare LF ends a line like CRLF (the mbox stores LF anyway, and a following
-// ".." is unstuffed as after CRLF); a bare CR is an ordinary byte, kept. So no
+// bare LF ends a line like CRLF (the mbox stores LF anyway, and the first period
+// of the next line is removed as after CRLF, RFC 5321 4.5.2); a bare CR is an
+// ordinary byte, kept. So no
 // byte sequence ends a message early, and nothing after a fake end of data is
 // ever read as a command. Proved here against a real mtad, with the mailbox read
 // back by Python's mailbox module.
@@ -94,10 +95,11 @@ describe('a message split into two segments at every byte keeps the same bytes',
   // Every fake end and a dot-stuffed line, so each split lands inside one of them somewhere.
   // After each fake end, a command: none of them may run.
   const payload = 'Subject: split\r\n\r\nA\n.\nRSET\r\n.\nMAIL FROM:<e@v.test>\n.\r\nRCPT TO:<bob>\r.\r\nDATA\r\n..\r\nF\r\n.\rG\r\n..\r\n';
-  const stored = 'Subject: split\n\nA\n.\nRSET\n.\nMAIL FROM:<e@v.test>\n.\nRCPT TO:<bob>\r.\nDATA\n.\nF\n.\rG\n.\n';
+  // Each period that starts a line (after CRLF or a bare LF) is removed: "." lines become empty.
+  const stored = 'Subject: split\n\nA\n\nRSET\n\nMAIL FROM:<e@v.test>\n\nRCPT TO:<bob>\r.\nDATA\n.\nF\n\rG\n.\n';
   const whole = Buffer.from(`${payload}.\r\n`, 'latin1');
 
-  it('stores the message as normalised (bare LF a line end, bare CR kept, ".." unstuffed) however it is split', async () => {
+  it('stores the message as normalised (bare LF a line end, bare CR kept, a line\'s first period removed) however it is split', async () => {
     // Two segments split at every byte, then 60 sessions cut at 2 to 5 random places.
     // The random cuts are the same on every run (a fixed LCG), so a failure reproduces.
     let x = 12345;
@@ -123,5 +125,32 @@ describe('a message split into two segments at every byte keeps the same bytes',
       expect(t.slice(t.indexOf('Subject: split'))).toBe(stored);
     }
     expect(fs.existsSync(m.mailbox('bob'))).toBe(false);
+  });
+});
+
+describe('the first period of every line is removed (RFC 5321 4.5.2), however the line is split', () => {
+  // What a client that does not stuff (or a hand-typed session) sends: ".x" is stored as "x",
+  // not ".x"; the first line of DATA too. Each case is split into two segments at every byte.
+  const cases: Array<[string, string, string]> = [
+    ['lines', 'Subject: dots\r\n\r\n.x\r\n..x\r\n...x\r\n. y\r\n.\r.z\r\nmid.dle\r\n..\r\n.\r\r\n', 'Subject: dots\n\nx\n.x\n..x\n y\n\r.z\nmid.dle\n.\n\r\n'],
+    ['first line', '.Subject: first line\r\n\r\n.body\r\n', 'Subject: first line\n\nbody\n'],
+  ];
+  it.each(cases)('%s', async (_name, sent, stored) => {
+    const whole = Buffer.from(`${sent}.\r\n`, 'latin1');
+    const subject = /Subject: ([^\n]*)/.exec(stored)![1];
+    const splits = Array.from({ length: whole.length }, (_, k) => k); // 0: one segment
+    const results: string[][] = [];
+    await Promise.all(Array.from({ length: 6 }, async () => {
+      for (let k = splits.shift(); k !== undefined; k = splits.shift()) {
+        results.push(await session(k ? [whole.subarray(0, k), whole.subarray(k)] : [whole]));
+      }
+    }));
+    for (const r of results) expect(r.map((x) => x.slice(0, 3))).toEqual(['250', '250', '354', '250', '221']);
+    const msgs = readMbox(m.mailbox('alice')).filter((x) => x.header('Subject') === subject);
+    expect(msgs).toHaveLength(whole.length);
+    for (const x of msgs) {
+      const t = x.raw.toString('latin1');
+      expect(t.slice(t.indexOf('Subject: '))).toBe(stored);
+    }
   });
 });

@@ -1,6 +1,6 @@
 // The one file that reaches into smtp-server must break loudly if the library moves.
 import { describe, expect, it } from 'vitest';
-import { installInternals, PINNED_VERSION, splitAddressCommand } from '../../src/smtp/internals';
+import { checkArguments, checkCommand, installInternals, Offered, PINNED_VERSION, splitAddressCommand } from '../../src/smtp/internals';
 
 describe('smtp-server internals', () => {
   it('is pinned to the installed version and finds every method it patches', () => {
@@ -12,14 +12,62 @@ describe('smtp-server internals', () => {
   });
 
   it.each([
-    ['MAIL FROM: tode@cremona.polimi.it', { verb: 'MAIL FROM', inner: 'tode@cremona.polimi.it', params: '' }],
-    ['MAIL FROM:<a@b> SIZE=10', { verb: 'MAIL FROM', inner: 'a@b', params: ' SIZE=10' }],
-    ['RCPT TO: bob', { verb: 'RCPT TO', inner: 'bob', params: '' }],
-    ['rcpt to:<@a,@b:c@d>', { verb: 'rcpt to', inner: '@a,@b:c@d', params: '' }],
-    ['MAIL FROM:<>', { verb: 'MAIL FROM', inner: '', params: '' }],
+    ['MAIL FROM: tode@cremona.polimi.it', { verb: 'MAIL FROM', inner: 'tode@cremona.polimi.it', params: '', bracketed: false }],
+    ['MAIL FROM:<a@b> SIZE=10', { verb: 'MAIL FROM', inner: 'a@b', params: ' SIZE=10', bracketed: true }],
+    ['RCPT TO: bob', { verb: 'RCPT TO', inner: 'bob', params: '', bracketed: false }],
+    ['RCPT TO: alice bob', { verb: 'RCPT TO', inner: 'alice', params: ' bob', bracketed: false }],
+    ['rcpt to:<@a,@b:c@d>', { verb: 'rcpt to', inner: '@a,@b:c@d', params: '', bracketed: true }],
+    ['MAIL FROM:<>', { verb: 'MAIL FROM', inner: '', params: '', bracketed: true }],
     ['MAIL FROM:', null],
     ['MAIL FROM:<a@b', null],
   ])('splits %j', (cmd, want) => {
     expect(splitAddressCommand(cmd)).toEqual(want);
+  });
+});
+
+describe('command checks before the library', () => {
+  const offered: Offered = { mail: new Set(['SIZE', 'BODY']), rcpt: new Set() };
+  const code = (verb: 'HELO' | 'EHLO' | 'MAIL' | 'RCPT', line: string): number | null => {
+    const whole = checkCommand(line);
+    if (whole) return whole.code;
+    return checkArguments(verb, line, offered)?.code ?? null;
+  };
+
+  it.each([
+    ['MAIL', 'MAIL FROM:<a@b.test>', null],
+    ['MAIL', 'MAIL FROM:<a@b.test> SIZE=10 BODY=8BITMIME', null],
+    ['MAIL', 'MAIL FROM: a@b.test', null],
+    ['RCPT', 'RCPT TO:<alice>', null],
+    ['RCPT', 'RCPT TO: alice', null],
+    ['EHLO', 'EHLO client.test', null],
+    // Parameters not offered: 555 (RFC 5321 4.1.1.11).
+    ['MAIL', 'MAIL FROM:<a@b.test> FOO=bar', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> SMTPUTF8', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> RET=HDRS', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> ENVID=x', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> AUTH=<>', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> REQUIRETLS', 555],
+    ['MAIL', 'MAIL FROM:<a@b.test> SIZE=1 =x', 555],
+    ['RCPT', 'RCPT TO:<alice> NOTIFY=NEVER', 555],
+    ['RCPT', 'RCPT TO:<alice> ORCPT=rfc822;alice@x', 555],
+    ['RCPT', 'RCPT TO:<alice> SIZE=1', 555],
+    // Text after an address without brackets.
+    ['RCPT', 'RCPT TO: alice bob', 501],
+    ['MAIL', 'MAIL FROM: a@b.test SIZE=10', 501],
+    // Control characters anywhere, 8-bit in HELO and the sender.
+    ['MAIL', 'MAIL FROM:<a\x00b@x.test>', 501],
+    ['MAIL', 'MAIL FROM:<a\rb@x.test>', 501],
+    ['RCPT', 'RCPT TO:<alice>\x00', 501],
+    ['EHLO', 'EHLO x\ty', 501],
+    ['EHLO', 'EHLO x\u0085y', 501],
+    ['HELO', 'HELO \u010a', 501],
+    ['EHLO', 'EHLO \ufffd', 501],
+    ['MAIL', 'MAIL FROM:<\u010a@x.test>', 553],
+    ['MAIL', 'MAIL FROM:<a@\u2028.test>', 553],
+    ['MAIL', 'MAIL FROM:<\ufffd@x.test>', 553],
+    // 8-bit in a recipient is the policy's to judge (relay or 553).
+    ['RCPT', 'RCPT TO:<\u010a@lab.test>', null],
+  ] as const)('%s %j: %s', (verb, line, want) => {
+    expect(code(verb, line)).toBe(want);
   });
 });

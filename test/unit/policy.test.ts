@@ -35,6 +35,11 @@ describe('recipient policy', () => {
     ['postmaster', ['postmaster']],
     ['PostMaster@lab.test', ['postmaster']],
     ['mailer-daemon', ['postmaster']],
+    // A quoted local part is the same mailbox (RFC 5321 4.1.2), escapes included.
+    ['"alice"@lab.test', ['alice']],
+    ['"ALICE"@LAB.TEST', ['alice']],
+    ['"al\\ice"@lab.test', ['alice']],
+    ['"alice"', ['alice']],
   ])('accepts %s for %j', (raw, boxes) => {
     const v = decide(raw);
     expect(v).toMatchObject({ ok: true, mailboxes: boxes });
@@ -51,8 +56,9 @@ describe('recipient policy', () => {
     'remote!alice',
     '@relay.example:alice@lab.test',
     '@a,@b:alice@lab.test',
-    '"alice"@lab.test',
     '"alice@remote.example"@lab.test',
+    '"alice%remote.example"@lab.test',
+    '"alice"@remote.example',
     'alice\\@remote@lab.test',
     'alice@remote.example@lab.test',
     'alice@lab.test@remote.example',
@@ -63,13 +69,47 @@ describe('recipient policy', () => {
   });
 
   it.each([
-    'eve@lab.test', 'eve', '../etc/passwd', '..', 'a/b', '/etc/passwd', 'alice\x00', 'al\tice', 'Ali ce',
+    'eve@lab.test', 'eve', '../etc/passwd', '..', 'a/b', '/etc/passwd', 'Ali ce', '"ali ce"@lab.test', '"eve"',
     '-alice', '9lives', 'x'.repeat(33), 'outside', 'self', '.alice', 'alice.smith',
   ])('refuses %j as unknown (550 5.1.1)', (raw) => {
     const v = decide(raw);
     expect(v.ok).toBe(false);
     if (!v.ok) expect([v.reply.code, v.reply.enhanced]).toEqual([550, '5.1.1']);
   });
+
+  // Issue 10 item 7: only our domains exactly (case aside, one root dot allowed);
+  // anything that merely contains, begins or ends like one of them is relay.
+  it.each([
+    'alice@evil-lab.test', 'alice@x.lab.test', 'alice@lab.test.evil.example', 'alice@lab.testt', 'alice@lab.tes',
+    'alice@ab.test', 'alice@llab.test', 'alice@lab-test', 'alice@labtest', 'alice@lab.test..', 'alice@.lab.test',
+    'alice@lab..test', 'alice@LAB.TEST.evil.example', 'alice@localhost.evil.example', 'alice@evillocalhost',
+    'alice@lab.test.​', 'alice@[127.0.0.2]', 'alice@[127.0.0.1].evil.example', 'alice@[127.1]',
+    'alice@[127.000.000.001]', 'alice@[IPv6:::2]', 'alice@[IPv6:::ffff:127.0.0.1]', 'alice@[lab.test]', 'alice@127.0.0.1',
+    'alice@xn--lb-8kc.test', 'alice@lаb.test', 'alice@lab.tеst', 'alice@ｌab.test', 'alice@lab.test。',
+  ])('refuses the look-alike %j as relay (554 5.7.1)', (raw) => {
+    const v = decide(raw);
+    expect(v.ok ? 'accepted' : [v.reply.code, v.reply.enhanced, /Relay access denied/.test(v.reply.text)]).toEqual([554, '5.7.1', true]);
+  });
+
+  it('folds case in A-Z only: a Kelvin sign is not a "k"', () => {
+    const withK: LocalNames = { domains: new Set(['kit.test']), literals: new Set() };
+    expect(resolveRecipient('alice@KIT.test', 'alice@KIT.test', dir, withK).ok).toBe(true);
+    const v = resolveRecipient('alice@Kit.test', 'alice@Kit.test', dir, withK);
+    expect(v.ok ? 'accepted' : v.reply.code).toBe(554);
+  });
+
+  it.each(['älice@lab.test', 'alicе@lab.test', 'Ċlice', 'a @lab.test', '"älice"@lab.test', '�@lab.test'])(
+    'refuses the non-ASCII local part %j at our domain with 553 5.6.7', (raw) => {
+      const v = decide(raw);
+      expect(v.ok ? 'accepted' : [v.reply.code, v.reply.enhanced]).toEqual([553, '5.6.7']);
+      if (!v.ok) expect(v.reply.text).toMatch(/^<[\x20-\x7e]*>: Non-ASCII recipient address not permitted/);
+    });
+
+  it.each(['"alice', '"alice"x@lab.test', 'alice@', '""@lab.test', 'alice\x00', 'al\tice', 'ev\re@lab.test'])(
+    'refuses %j as bad syntax (501 5.1.3)', (raw) => {
+      const v = decide(raw);
+      expect(v.ok ? 'accepted' : [v.reply.code, v.reply.enhanced]).toEqual([501, '5.1.3']);
+    });
 
   it('never echoes control characters back to the client', () => {
     const v = decide('ev\re\n250 ok');
