@@ -31,6 +31,6 @@ runMain('sendmail', async (argv) => {
     case 'newaliases': return checkAliases(config, (await import('../smtp/server')).localNames(config), opts.aliasesFile);
     case 'flush': return flushQueue(config);
     case 'smtp': return smtpOnStdio(config);
-    default: return sendmail(opts, config, process.stdin);
+    default: return sendmail(opts, config);
   }
 });

@@ -4,11 +4,13 @@
 // exit 0 means what 250 means (durable). XLOCAL asks mtad to record the
 // submitting user, whose uid mtad takes from the kernel's socket table, so no
 // option, header or environment variable of the caller can change it.
-// The message is read whole (spooled past 256 KiB) before mtad is contacted, so a
-// slow writer (cron's job output) never meets mtad's idle timeout.
+// The message is read whole (spooled past 256 KiB) before DATA, so a slow writer
+// (cron's job output) holds no transaction open; NOOPs keep the session alive meanwhile.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
 import type { Readable } from 'node:stream';
-import { Config } from '../config';
+import { Config, describeErrno } from '../config';
 import { rfc5322Date } from '../delivery/mbox';
 import { userById } from '../system/passwd';
 import { CliError, EX } from '../cli/common';
@@ -69,7 +71,7 @@ function login(): Login {
 
 const BAD_ADDRESS = /[\x00-\x20\x7f<>]/;
 
-export async function sendmail(opts: Options, config: Config, stdin: Readable): Promise<number> {
+export async function sendmail(opts: Options, config: Config): Promise<number> {
   const trace = opts.verbose ? (l: string) => process.stderr.write(`${l}\n`) : undefined;
   const recipients: string[] = [];
   for (const arg of opts.recipients) {
@@ -94,46 +96,91 @@ export async function sendmail(opts: Options, config: Config, stdin: Readable): 
   }
   fromName = opts.fullName ?? process.env.NAME ?? fromName;
 
-  const input = await readInput(stdin, opts.dotEnds);
+  // mtad first, the input after: when mtad is down or a named recipient is refused,
+  // the caller's input is left unread for it to keep (mail's dead.letter).
+  const conn = await connectMtad(config, trace);
   try {
-    if (opts.extract) {
-      for (const a of extractRecipients(input.fields)) {
-        if (BAD_ADDRESS.test(a)) throw new CliError(`"${printableArg(a)}" in the message header: bad address syntax`, EX.DATAERR);
-        recipients.push(a);
-      }
-      if (!recipients.length) throw new CliError('no recipient addresses found in the message header (-t)', EX.USAGE);
+    await expect(conn.command('EHLO localhost'), 250);
+    await identify(conn);
+    if (recipients.length) {
+      const refused = await offer(conn, sender, recipients);
+      if (refused) return refused;
+      await expect(conn.command('RSET'), 250);
     }
-    const unique = [...new Map(recipients.map((r) => [r.toLowerCase(), r])).values()];
-    const head = header(input, sender || login().name + `@${config.hostname}`, fromName, config.hostname);
-
-    const conn = await connectMtad(config, trace);
+    // A NOOP well within mtad's idle timeout (the same configuration says what it is), at least once a minute.
+    const reading = readInput(standardInput(), opts.dotEnds).catch((err: NodeJS.ErrnoException) => {
+      throw new CliError(`cannot read the message (${describeErrno(err)}${err.code === 'ENOSPC' ? ` in ${os.tmpdir()}` : ''}): it was not sent`,
+        err.code === 'ENOSPC' ? EX.TEMPFAIL : EX.IOERR);
+    });
+    const input = await keptAlive(conn, reading, Math.min(60, config.idleTimeout / 2) * 1000);
     try {
-      await expect(conn.command('EHLO localhost'), 250);
-      await identify(conn);
-      await expect(conn.command(`MAIL FROM:<${sender}>`), 250);
-      const refused: Array<{ rcpt: string; reply: Reply }> = [];
-      for (const rcpt of unique) {
-        const r = await conn.command(`RCPT TO:<${rcpt}>`);
-        if (r.code !== 250 && r.code !== 251) refused.push({ rcpt, reply: r });
+      if (opts.extract) {
+        for (const a of extractRecipients(input.fields)) {
+          if (BAD_ADDRESS.test(a)) throw new CliError(`"${printableArg(a)}" in the message header: bad address syntax`, EX.DATAERR);
+          recipients.push(a);
+        }
+        if (!recipients.length) throw new CliError('no recipient addresses found in the message header (-t)', EX.USAGE);
       }
-      if (refused.length) {
-        for (const { reply } of refused) process.stderr.write(`sendmail: ${text(reply)}: message not sent\n`);
-        return rcptStatus(refused[0].reply);
-      }
+      const refused = await offer(conn, sender, recipients);
+      if (refused) return refused;
       await expect(conn.command('DATA'), 354);
-      const r = await conn.data(parts(head, input));
+      const r = await conn.data(parts(header(input, sender || `${login().name}@${config.hostname}`, fromName, config.hostname), input));
       if (r.code !== 250) throw failure(r, 'mtad did not take the message');
       if (trace) trace(`sendmail: ${text(r)}`);
       return EX.OK;
-    } catch (err) {
-      if (err instanceof CliError) throw err;
-      throw new CliError(`lost the connection to mtad (${(err as Error).message}): the message was not sent; try again`, EX.TEMPFAIL);
     } finally {
-      await conn.quit();
+      await input.body.close();
     }
+  } catch (err) {
+    if (err instanceof CliError) throw err;
+    throw new CliError(`lost the connection to mtad (${(err as Error).message}): the message was not sent; try again`, EX.TEMPFAIL);
   } finally {
-    await input.body.close();
+    await conn.quit();
   }
+}
+
+/**
+ * MAIL and a RCPT for each recipient (each once): 0 when all are accepted, else
+ * the refusals are printed, one line each, and their sysexits status returned.
+ */
+async function offer(conn: SmtpConnection, sender: string, recipients: string[]): Promise<number> {
+  await expect(conn.command(`MAIL FROM:<${sender}>`), 250);
+  const refused: Reply[] = [];
+  for (const rcpt of new Map(recipients.map((r) => [r.toLowerCase(), r])).values()) {
+    const r = await conn.command(`RCPT TO:<${rcpt}>`);
+    if (r.code !== 250 && r.code !== 251) refused.push(r);
+  }
+  for (const r of refused) process.stderr.write(`sendmail: ${text(r)}: message not sent\n`);
+  return refused.length ? rcptStatus(refused[0]) : EX.OK;
+}
+
+/** While the input is read (a cron job may print for hours), NOOPs keep mtad's idle timeout away. */
+async function keptAlive<T>(conn: SmtpConnection, work: Promise<T>, everyMs: number): Promise<T> {
+  let pending: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => { pending = pending.then(() => conn.command('NOOP')).catch(() => undefined); }, everyMs);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+    await pending;
+  }
+}
+
+/**
+ * Standard input; a regular file (bsd-mailx hands over its temp file) is read at
+ * explicit positions from its offset, which stays where it was: mailx saves
+ * dead.letter from that offset when sendmail fails.
+ */
+function standardInput(): Readable {
+  try {
+    if (fs.fstatSync(0).isFile()) {
+      const pos = Number(/^pos:\s*(\d+)/m.exec(fs.readFileSync('/proc/self/fdinfo/0', 'utf8'))?.[1]);
+      if (Number.isInteger(pos)) return fs.createReadStream('/dev/stdin', { fd: 0, start: pos, autoClose: false });
+    }
+  } catch {
+    // not a file, or no /proc: read it as a stream
+  }
+  return process.stdin;
 }
 
 async function expect(p: Promise<Reply>, code: number): Promise<Reply> {

@@ -2,7 +2,7 @@
 // options a local program uses, what arrives in the mailbox (read back with
 // Python's mailbox), the exit codes, and the submitting user's line as the
 // kernel reports it, also for an ordinary user who claims to be root.
-import { spawnSync, SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -270,6 +270,29 @@ describe('sendmail: a 50 MiB message', () => {
     expect(got[1].body.length).toBe(size - 'Subject: big\n\n'.length);
     expect(got[1].body.equals(fs.readFileSync(file).subarray('Subject: big\n\n'.length))).toBe(true);
     fs.rmSync(file);
+  });
+});
+
+describe('sendmail with a slow writer', () => {
+  it('keeps its session with mtad alive while a program takes longer than the idle timeout to write the message', async () => {
+    const m = await startMtad({ env: { MTAD_IDLE_TIMEOUT: '4' } });
+    try {
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), 'alice'], { env: env(m, { MTAD_IDLE_TIMEOUT: '4' }), stdio: ['pipe', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+      const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+      child.stdin.write('Subject: slow\n\nfirst line\n');
+      // Twice the idle timeout with nothing written, as a cron job that prints, works, and prints again.
+      await m.waitForLog(/NOOP|connect from/);
+      await new Promise((r) => setTimeout(r, 9000));
+      child.stdin.end('last line\n');
+      expect(await exited, stderr).toBe(0);
+      expect(readMbox(m.mailbox('alice')).map((x) => x.body.toString())).toEqual(['first line\nlast line\n']);
+    } finally {
+      const { code } = await m.stop();
+      expect(code).toBe(0);
+      removeInstance(m.dir);
+    }
   });
 });
 
