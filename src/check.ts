@@ -204,7 +204,7 @@ function checkDir(dir: string, who: Who, mayCreate: boolean, problem: (t: string
   }
   // Queue files someone else left (e.g. a root-run tool) would stop delivery of those messages.
   if (mayCreate) {
-    for (const sub of ['active', 'tmp', 'failed', 'control', 'appending']) {
+    for (const sub of ['active', 'tmp', 'control', 'appending']) {
       const d = path.join(dir, sub);
       const s = statOrNull(d);
       if (s && !allowed(s, who, 0o3)) problem(`${who.label} cannot write ${d}`, 77);

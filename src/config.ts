@@ -38,6 +38,9 @@ export interface Config {
   shutdownGrace: number; // seconds
   reverseDns: boolean;
   trace: boolean;
+  maxQueueLifetime: number; // seconds
+  /** Seconds after which a sender hears that its mail is still waiting; 0 = never. */
+  delayWarning: number;
   /** Bytes; 0 = no limit. */
   mailboxSizeLimit: number;
   /** Characters that start an address extension (alice+lab3); empty = none. */
@@ -68,6 +71,7 @@ const KEYS = [
   'MTAD_TLS_CERT', 'MTAD_TLS_KEY', 'MTAD_TLS_REQUIRED',
   'MTAD_TRANSACTION_TIMEOUT',
   'MTAD_STALE_LOCK_TIME',
+  'MTAD_MAX_QUEUE_LIFETIME', 'MTAD_DELAY_WARNING',
 ] as const;
 
 export const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -201,6 +205,8 @@ function parseRaw(raw: Raw): Config {
     tlsCert: tlsCert ? resolvePath(tlsCert) : null,
     tlsKey: tlsKey ? resolvePath(tlsKey) : null,
     tlsRequired,
+    maxQueueLifetime: duration(get, 'MTAD_MAX_QUEUE_LIFETIME', 5 * 86400, 1),
+    delayWarning: duration(get, 'MTAD_DELAY_WARNING', 0, 0),
     source: null,
   };
 }
@@ -220,6 +226,19 @@ function num(
     fail(key, v, `is not ${integer ? 'a whole number' : 'a number'}`);
   }
   if (n < min || n > max) fail(key, v, `is out of range (${min} to ${max})`);
+  return n;
+}
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 7 * 86400 };
+
+/** Seconds, written as Postfix's time values are: "300", "300s", "30m", "5d", "1w". */
+function duration(get: (k: string) => string | undefined, key: string, def: number, min: number): number {
+  const v = get(key);
+  if (v === undefined) return def;
+  const m = /^([0-9]+(?:\.[0-9]+)?)([smhdw]?)$/.exec(v);
+  if (!m) return fail(key, v, 'is not a time (seconds, or a number with s, m, h, d or w: 5d)');
+  const n = Number(m[1]) * UNITS[m[2] || 's'];
+  if (n < min || n > 365 * 86400) fail(key, v, `is out of range (${min} seconds to 365 days)`);
   return n;
 }
 

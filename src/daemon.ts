@@ -12,7 +12,7 @@ import { Deliverer } from './delivery/deliverer';
 import { sweepStaleLocks } from './delivery/locks';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
-import { createSmtpServer } from './smtp/server';
+import { createSmtpServer, localNames } from './smtp/server';
 import { lockQueue, lockSpool, pidFileHolder, PidLock, queuePidFile, spoolPidFile } from './queue/pidfile';
 import { TlsError, TlsFiles } from './tls';
 import { mailboxMode } from './system/spool';
@@ -44,7 +44,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     intentDir: queue.appendingDir,
     sizeLimit: config.mailboxSizeLimit,
   });
-  const agent = new DeliveryAgent(config, queue, deliverer, directory);
+  const agent = new DeliveryAgent(config, queue, deliverer, directory, localNames(config));
   const receiving = new Set<Promise<unknown>>();
   const tls = loadTls(config);
   const server = createSmtpServer({ config, queue, agent, directory, receiving, tls });

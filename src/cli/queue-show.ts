@@ -11,7 +11,7 @@ import { printable } from '../text';
 /** What mailq prints. */
 export async function showQueue(config: Config): Promise<number> {
   const queue = new Queue(config.queueDir);
-  await printQueue(queue, listQueue(queue));
+  await printQueue(queue, listQueue(queue), config.maxQueueLifetime);
   return EX.OK;
 }
 
@@ -59,7 +59,8 @@ export function ownerToWrite(queue: Queue): { uid: number; gid: number } | undef
   }
 }
 
-export async function printQueue(queue: Queue, ids: string[]): Promise<void> {
+/** `lifetime`: MTAD_MAX_QUEUE_LIFETIME, to say when each message expires. */
+export async function printQueue(queue: Queue, ids: string[], lifetime: number): Promise<void> {
   if (!ids.length) {
     process.stdout.write('mail queue is empty\n');
     return;
@@ -81,7 +82,8 @@ export async function printQueue(queue: Queue, ids: string[]): Promise<void> {
       const done = new Set(s.done);
       process.stdout.write(`${e.id}  ${String(body.length).padStart(9)}  ${age(Date.parse(e.received)).padStart(7)}  <${printable(e.sender, { show: 'escape' })}>\n`);
       for (const r of e.recipients) {
-        process.stdout.write(`${pad}-> <${printable(r.address, { show: 'escape' })}>${done.has(r.mailbox) ? ' (delivered)' : ''}\n`);
+        const bounced = s.bounced?.[r.mailbox];
+        process.stdout.write(`${pad}-> <${printable(r.address, { show: 'escape' })}>${bounced ? ` (bounced: ${bounced})` : done.has(r.mailbox) ? ' (delivered)' : ''}\n`);
       }
       const next = s.nextAttempt ? Date.parse(s.nextAttempt) - Date.now() : null;
       if (s.lastReason) {
@@ -89,6 +91,10 @@ export async function printQueue(queue: Queue, ids: string[]): Promise<void> {
           `${!s.held && next !== null ? `, next ${next > 0 ? `in ${age(Date.now() - next)}` : 'now'}` : ''})\n`);
       }
       if (s.held) process.stdout.write(`${pad}HELD: not retried until mta-queue --release ${e.id}\n`);
+      // What MTAD_MAX_QUEUE_LIFETIME will do to it (a report to postmaster or a delay warning is dropped).
+      const left = Date.parse(e.received) + lifetime * 1000 - Date.now();
+      const then = e.notice === 'postmaster' || e.notice === 'delay' ? 'dropped' : 'bounced';
+      process.stdout.write(`${pad}${left > 0 ? `expires in ${age(Date.now() - left)}` : 'expired'}: then ${then}\n`);
     });
     process.stdout.write(`-- ${shown} message(s), ${bytes} bytes${held ? `, ${held} held` : ''}\n`);
   }

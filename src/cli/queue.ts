@@ -13,8 +13,9 @@ import { listQueue, ownerToWrite, printQueue, requestFlush } from './queue-show'
 const USAGE = `usage: mta-queue [--flush] [--hold ID] [--release ID] [--delete ID] [--help] [--version]
 
 Without options, lists the mail waiting in mtad's queue (MTAD_QUEUE_DIR): id,
-size, age, sender, recipients, why the last attempt failed, and whether it is
-held. Works while mtad runs; run it as root or as the user mtad runs as.
+size, age, sender, recipients (delivered or bounced ones marked), why the last
+attempt failed, whether it is held, and when MTAD_MAX_QUEUE_LIFETIME ends.
+Works while mtad runs; run it as root or as the user mtad runs as.
   --flush       ask the running mtad to retry every waiting message now
   --hold ID     keep message ID in the queue, not retried until released
   --release ID  release a held message: mtad retries it at once
@@ -47,7 +48,7 @@ runMain('mta-queue', async (argv) => {
   const queue = new Queue(config.queueDir);
   const ids = listQueue(queue);
   if (!ops.length && !flush) {
-    await printQueue(queue, ids);
+    await printQueue(queue, ids, config.maxQueueLifetime);
     return EX.OK;
   }
 

@@ -3,6 +3,8 @@
 // and renamed into active/; the directory is fsync'd before the client hears 250.
 // The rename is the commit: active/ holds only whole messages, tmp/ is swept at
 // start-up. Delivery progress lives beside it in <id>.state, rewritten atomically.
+// There is no failed/: a message given up on is reported to its sender in a
+// bounce (delivery/dsn.ts) and removed, as Postfix does; the log keeps its story.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -25,6 +27,13 @@ export interface Envelope {
   /** ISO time the message was received. */
   received: string;
   client: string;
+  /**
+   * Set on the delivery status notifications mtad writes (null sender): "sender"
+   * for a bounce to a local sender (reported to postmaster if it fails), "delay"
+   * for a delay warning and "postmaster" for a report to postmaster (both dropped
+   * if they fail: a report is never reported twice).
+   */
+  notice?: 'sender' | 'delay' | 'postmaster';
 }
 
 export interface QueueState {
@@ -33,6 +42,10 @@ export interface QueueState {
   lastReason?: string;
   nextAttempt?: string;
   held?: boolean;
+  /** Mailboxes given up on (and reported to the sender): mailbox -> "5.1.1 reason". */
+  bounced?: Record<string, string>;
+  /** A delay warning was sent (or was due, for a sender who gets none). */
+  warned?: boolean;
 }
 
 export interface QueuedMessage {
@@ -46,20 +59,18 @@ const MAX_HEADER = 1024 * 1024;
 export class Queue {
   readonly tmpDir: string;
   readonly activeDir: string;
-  readonly failedDir: string;
   /** One record per mailbox append in progress (see delivery/locks.ts, sweepStaleLocks). */
   readonly appendingDir: string;
 
   constructor(readonly dir: string) {
     this.tmpDir = path.join(dir, 'tmp');
     this.activeDir = path.join(dir, 'active');
-    this.failedDir = path.join(dir, 'failed');
     this.appendingDir = path.join(dir, 'appending');
   }
 
   /** Creates the directories (mode 0700) and removes what a crash left in tmp/. */
   initSync(): void {
-    for (const d of [this.dir, this.tmpDir, this.activeDir, this.failedDir, this.appendingDir, path.join(this.dir, 'control')]) {
+    for (const d of [this.dir, this.tmpDir, this.activeDir, this.appendingDir, path.join(this.dir, 'control')]) {
       fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     }
     for (const f of fs.readdirSync(this.tmpDir)) fs.rmSync(path.join(this.tmpDir, f), { force: true });
@@ -139,12 +150,6 @@ export class Queue {
 
   async discardTmp(id: string): Promise<void> {
     await fs.promises.rm(this.tmpPath(id), { force: true });
-  }
-
-  /** Moves a message that can never be delivered out of the way, keeping it for the admin. */
-  async fail(id: string): Promise<void> {
-    await fs.promises.rename(this.activePath(id), path.join(this.failedDir, id)).catch(() => undefined);
-    await fs.promises.rm(this.statePath(id), { force: true });
   }
 
   listActive(): string[] {

@@ -28,3 +28,24 @@ export function readMbox(file: string): MboxMessage[] {
     };
   });
 }
+
+export interface Dsn {
+  content_type: string;
+  report_type: string;
+  /** Top-level headers, by name as written. */
+  headers: Record<string, string>;
+  /** Content types of the MIME parts, in order. */
+  parts: string[];
+  /** The human-readable part. */
+  text: string;
+  /** The message/delivery-status blocks: per-message fields first, then one per recipient. */
+  status: Array<Record<string, string>>;
+  original_headers: string | null;
+  /** Whatever Python's email package found wrong in the MIME structure. */
+  defects: string[];
+}
+
+/** The delivery status notifications in a mailbox, as Python's email package parses them. */
+export function readDsns(file: string): Dsn[] {
+  return JSON.parse(execFileSync('python3', [path.join(__dirname, 'read_dsn.py'), file], { encoding: 'utf8', maxBuffer: 1 << 30 })) as Dsn[];
+}

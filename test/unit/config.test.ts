@@ -53,6 +53,9 @@ describe('configuration', () => {
     ['MTAD_VRFY', 'maybe', /^MTAD_VRFY: "maybe" must be yes or no/],
     ['MTAD_LOG_LEVEL', 'loud', /^MTAD_LOG_LEVEL: "loud" must be one of/],
     ['MTAD_RETRY_MAX_DELAY', '1', /^MTAD_RETRY_MAX_DELAY: "1" must not be less than MTAD_RETRY_MIN_DELAY/],
+    ['MTAD_MAX_QUEUE_LIFETIME', '5 days', /^MTAD_MAX_QUEUE_LIFETIME: "5 days" is not a time/],
+    ['MTAD_MAX_QUEUE_LIFETIME', '0', /^MTAD_MAX_QUEUE_LIFETIME: "0" is out of range/],
+    ['MTAD_DELAY_WARNING', '4y', /^MTAD_DELAY_WARNING: "4y" is not a time/],
     ['MTAD_MAILBOX_SIZE_LIMIT', '50M', /^MTAD_MAILBOX_SIZE_LIMIT: "50M" is not a whole number/],
     ['MTAD_MAILBOX_SIZE_LIMIT', '10000', /^MTAD_MAX_MESSAGE_SIZE: "10240000" is above MTAD_MAILBOX_SIZE_LIMIT \(10000\): a message that big could never be delivered/],
     ['MTAD_RECIPIENT_DELIMITER', '@', /^MTAD_RECIPIENT_DELIMITER: "@" must be empty or characters from/],
@@ -72,6 +75,14 @@ describe('configuration', () => {
     })).toMatchObject({ recipientDelimiter: '', mailboxSizeLimit: 0 });
     expect(loadConfig({ MTAD_CONFIG: file('MTAD_RECIPIENT_DELIMITER=\n') })).toMatchObject({ recipientDelimiter: '' });
     expect(loadConfig({ MTAD_CONFIG: '/dev/null', MTAD_RECIPIENT_DELIMITER: '+-' })).toMatchObject({ recipientDelimiter: '+-' });
+  });
+
+  it('reads the queue lifetime and the delay warning: Postfix defaults, times with units', () => {
+    expect(loadConfig({ MTAD_CONFIG: '/dev/null' })).toMatchObject({ maxQueueLifetime: 5 * 86400, delayWarning: 0 });
+    expect(loadConfig({ MTAD_CONFIG: '/dev/null', MTAD_MAX_QUEUE_LIFETIME: '2.5', MTAD_DELAY_WARNING: '4h' }))
+      .toMatchObject({ maxQueueLifetime: 2.5, delayWarning: 4 * 3600 });
+    expect(loadConfig({ MTAD_CONFIG: file('MTAD_MAX_QUEUE_LIFETIME=1w\nMTAD_DELAY_WARNING=30m\n') }))
+      .toMatchObject({ maxQueueLifetime: 7 * 86400, delayWarning: 1800 });
   });
 
   it('refuses an unknown key in the file and a named file that is missing', () => {
