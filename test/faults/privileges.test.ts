@@ -147,4 +147,31 @@ describe.skipIf(needsRoot('privileges: started as root'))('started as root', () 
     const { code } = await m.stop();
     expect(code).toBe(0);
   });
+
+  it('leaves behind the supplementary groups it was started with (adm, disk, shadow, root): only the run-as user\'s remain', async () => {
+    // The test runner's root has no supplementary groups, so a drop that kept them would pass unseen:
+    // mtad is started with some, as a root login shell or sudo would give it.
+    const startedWith = [0, groupId('adm'), groupId('disk'), groupId('shadow')];
+    const wrapper = ['setpriv', `--groups=${startedWith.join(',')}`, '--'];
+    const probe = spawnSync(wrapper[0], [...wrapper.slice(1), 'cat', '/proc/self/status'], { encoding: 'utf8' });
+    expect(ids(probe.stdout, 'Groups').sort((x, y) => x - y), 'the wrapper gives these groups').toEqual([...startedWith].sort((x, y) => x - y));
+
+    const m = await startMtad({ users: ['alice'], wrapper });
+    started.push(m);
+    dirs.push(m.dir);
+    const owner = fs.statSync(m.spool);
+    const user = fs.readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => l.split(':')).find((r) => Number(r[2]) === owner.uid)!;
+    // The run-as user's groups as initgroups(3) builds them: its primary group, and every group listing it.
+    const own = new Set([Number(user[3]), ...fs.readFileSync('/etc/group', 'utf8').split('\n').map((l) => l.split(':'))
+      .filter((r) => r.length > 3 && r[3].split(',').includes(user[0])).map((r) => Number(r[2]))]);
+    const c = await SmtpClient.connect(m.port);
+    expect(c.greeting.code).toBe(220);
+    for (const t of credentials(m.pid)) {
+      expect(new Set(t.groups), `thread ${t.tid} of mtad running as ${user[0]}`).toEqual(own);
+      for (const g of startedWith) expect(t.groups, `thread ${t.tid}`).not.toContain(g);
+    }
+    await c.quit();
+    await deliver(m, 'alice', 'after-the-drop');
+    expect(tokensByPython(m.mailbox('alice'))).toEqual(['after-the-drop']);
+  });
 });
