@@ -15,9 +15,10 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
+import { watchOutput } from '../helpers/wait';
 import { dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
 
 // Holds the lock until a line arrives on stdin; retries (and says so once) while someone else has it.
@@ -74,35 +75,32 @@ afterAll(async () => {
 
 const send = (token: string, size = 0): Promise<string> => sendToken(mtad.port, 'alice', token, size);
 
-let lastFcntlState = '';
-/** The last answer of a background fcntl probe, which this starts again: for `until`, which must not block the event loop. */
-function fcntlStateAsync(): string {
-  const p = spawn('python3', ['-c', PY_FCNTL_TRY, box], { stdio: ['ignore', 'pipe', 'ignore'] });
-  let out = '';
-  p.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
-  p.on('exit', () => { lastFcntlState = out.trim(); });
-  return lastFcntlState;
-}
-
 function fcntlState(): string {
   return run('python3', ['-c', PY_FCNTL_TRY, box]).stdout.trim();
 }
 
+/**
+ * Lockers started by a test (Python's mailbox, waiting dotlock tools), ended after it
+ * whatever happened. Python's is told to unlock rather than killed: a kill would leave
+ * its dotlock behind, and every later test would wait on it.
+ */
+const lockers = new Set<ChildProcess>();
+afterEach(async () => {
+  await Promise.all([...lockers].map(async (p) => {
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    if (p.stdin) p.stdin.end('\n'); else p.kill('SIGKILL');
+    const timer = setTimeout(() => p.kill('SIGKILL'), 20000);
+    await gone;
+    clearTimeout(timer);
+  }));
+  lockers.clear();
+});
 function startPython(): { proc: ChildProcess; next: (re: RegExp) => Promise<string> } {
   const proc = spawn('python3', ['-c', PY_LOCKER, box], { stdio: ['pipe', 'pipe', 'inherit'] });
-  let out = '';
-  const waiters: Array<() => void> = [];
-  proc.stdout!.on('data', (b: Buffer) => { out += b.toString(); waiters.splice(0).forEach((w) => w()); });
-  const next = (re: RegExp): Promise<string> => new Promise((resolve, reject) => {
-    const check = (): void => {
-      const m = re.exec(out);
-      if (m) resolve(m[0]);
-      else if (proc.exitCode !== null) reject(new Error(`python locker exited: ${out}`));
-      else waiters.push(check);
-    };
-    check();
-  });
-  return { proc, next };
+  lockers.add(proc);
+  const { next } = watchOutput(proc, 'the Python locker');
+  return { proc, next: (re) => next(re) };
 }
 
 interface Holder {
@@ -144,20 +142,28 @@ describe('a reader holds the mailbox', () => {
       const before = fs.readFileSync(box);
       // mtad keeps a mailbox locked a few ms after its last append, waiting for the
       // next one; a reader that tries once (-r 0) must come after that, as a retrying one would.
-      await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
+      await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
       await h.acquire();
-      const lockBefore = fs.lstatSync(lock);
       const token = `held-by-${h.name.replace(/\W+/g, '-')}`;
-      const id = await send(token);
-      const line = await mtad.waitForLog(new RegExp(`${id}: to=<alice@lab.test>, .*status=deferred`));
-      expect(line).toMatch(/mailbox alice is locked by another program \((fcntl lock|dotlock)\)/);
-      await mtad.waitForLog(new RegExp(`${id}: queued for retry`));
-      // Their lock is still there, the very same file, and the mailbox is untouched.
-      const lockNow = fs.lstatSync(lock);
-      expect(lockNow.isFile()).toBe(true);
-      expect(lockNow.ino).toBe(lockBefore.ino);
-      expect(fs.readFileSync(box).equals(before)).toBe(true);
-      await h.release();
+      let id = '';
+      // Released whatever happens here: a lock left behind would fail every later test too.
+      let held = true;
+      try {
+        const lockBefore = fs.lstatSync(lock);
+        id = await send(token);
+        const line = await mtad.waitForLog(new RegExp(`${id}: to=<alice@lab.test>, .*status=deferred`));
+        expect(line).toMatch(/mailbox alice is locked by another program \((fcntl lock|dotlock)\)/);
+        await mtad.waitForLog(new RegExp(`${id}: queued for retry`));
+        // Their lock is still there, the very same file, and the mailbox is untouched.
+        const lockNow = fs.lstatSync(lock);
+        expect(lockNow.isFile()).toBe(true);
+        expect(lockNow.ino).toBe(lockBefore.ino);
+        expect(fs.readFileSync(box).equals(before)).toBe(true);
+        held = false;
+        await h.release();
+      } finally {
+        if (held) await h.release();
+      }
       await mtad.waitForLog(new RegExp(`${id}: to=<alice@lab.test>, .*status=sent`));
       await mtad.waitForLog(new RegExp(`${id}: removed`));
       expect(tokensByPython(box).at(-1)).toBe(token);
@@ -166,22 +172,41 @@ describe('a reader holds the mailbox', () => {
   }
 
   it('dotlockfile released while mtad waits: delivered in the same transaction, no queue', async () => {
-    await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
-    await holders[0].acquire();
-    const c = await SmtpClient.connect(mtad.port);
-    await c.cmd('EHLO client.test');
-    const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: waited\r\nX-Token: waited\r\n\r\nEND waited\r\n');
-    // mtad takes the fcntl lock first, then polls for the dotlock: once the fcntl
-    // lock is busy, it is waiting for dotlockfile's lock.
-    await until(() => fcntlStateAsync() === 'busy', 1500, 'mtad to hold the fcntl lock');
-    await holders[0].release();
-    const r = await reply;
-    expect(r.code).toBe(250);
-    const id = /queued as (\w+)/.exec(r.raw)![1];
-    await c.quit();
-    await mtad.waitForLog(new RegExp(`${id}: removed`));
-    expect(mtad.output()).not.toMatch(new RegExp(`${id}: (queued for retry|.*status=deferred)`));
-    expect(tokensByPython(box).at(-1)).toBe('waited');
+    // An mtad of its own that waits a minute for a lock: the test must see it waiting and
+    // release within that time, which a loaded machine cannot make it miss.
+    const m = await startMtad({ users: ['alice'], env: { MTAD_LOCK_TIMEOUT: '60' } });
+    const mbox = m.mailbox('alice');
+    const mlock = `${mbox}.lock`;
+    try {
+      await sendToken(m.port, 'alice', 'creates-the-mailbox');
+      await until(() => !fs.existsSync(mlock) && descriptorsOn(m.pid, mbox) === 0, 30000, 'mtad to release the mailbox');
+      expect(run('dotlockfile', ['-l', '-r', '0', mlock]).status).toBe(0);
+      let held = true;
+      const c = await SmtpClient.connect(m.port);
+      try {
+        await c.cmd('EHLO client.test');
+        const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: waited\r\nX-Token: waited\r\n\r\nEND waited\r\n');
+        // mtad opens the mailbox, takes its fcntl lock, then polls for the dotlock.
+        await until(() => descriptorsOn(m.pid, mbox) === 1, 30000, 'mtad to open the mailbox');
+        expect(run('python3', ['-c', PY_FCNTL_TRY, mbox]).stdout.trim()).toBe('busy');
+        held = false;
+        expect(run('dotlockfile', ['-u', mlock]).status).toBe(0);
+        const r = await reply;
+        expect(r.code).toBe(250);
+        const id = /queued as (\w+)/.exec(r.raw)![1];
+        await c.quit();
+        await m.waitForLog(new RegExp(`${id}: removed`));
+        expect(m.output()).not.toMatch(new RegExp(`${id}: (queued for retry|.*status=deferred)`));
+        expect(tokensByPython(mbox).at(-1)).toBe('waited');
+      } finally {
+        if (held) run('dotlockfile', ['-u', mlock]);
+        c.close();
+      }
+    } finally {
+      const { code } = await m.stop();
+      removeInstance(m.dir);
+      expect(code).toBe(0);
+    }
   });
 });
 
@@ -197,15 +222,27 @@ const HOLD_US = 2_500_000;
 async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
   const strace = spawn('strace', ['-f', '-p', String(mtad.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${holdUs}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  const exited = new Promise<void>((r) => strace.on('exit', () => r()));
-  await new Promise<void>((resolve, reject) => {
-    strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) resolve(); });
-    strace.on('exit', (code) => reject(new Error(`strace exited ${code}: ${err}`)));
-  });
-  const detach = async (): Promise<void> => { strace.kill('SIGINT'); await exited; };
-  const delivered = send(token).then(() => token);
-  await until(() => fs.existsSync(appendRecord()), 10000, 'an append in progress');
-  return { delivered, detach };
+  let gone = false;
+  const exited = new Promise<void>((r) => strace.on('exit', () => { gone = true; r(); }));
+  const detach = async (): Promise<void> => { if (!gone) strace.kill('SIGINT'); await exited; };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      // "Process N attached with M threads": printed once every thread is held.
+      const timer = setTimeout(() => reject(new Error(`strace did not attach to mtad within 20 s: ${err}`)), 20000);
+      strace.stderr!.on('data', (b: Buffer) => {
+        err += b.toString();
+        if (/attached/.test(err)) { clearTimeout(timer); resolve(); }
+      });
+      strace.on('exit', (code) => { clearTimeout(timer); reject(new Error(`strace exited ${code} before attaching: ${err}`)); });
+    });
+    const delivered = send(token).then(() => token);
+    await until(() => fs.existsSync(appendRecord()), 30000, 'an append in progress');
+    return { delivered, detach };
+  } catch (e) {
+    // Never leave strace attached to mtad after a failed wait: every later test would crawl.
+    await detach();
+    throw e;
+  }
 }
 
 /** Descriptors of mtad that refer to the mailbox. */
@@ -219,10 +256,12 @@ interface Waiter {
   wait(): { done: Promise<void>; release(): Promise<void> };
 }
 
+/** Runs a locker that waits; killed after the test if it is still waiting. */
 function waitFor(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const p = spawn(cmd, args, { stdio: 'ignore' });
-    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}`))));
+    lockers.add(p);
+    p.on('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code ?? signal}`))));
   });
 }
 
@@ -260,23 +299,29 @@ describe('mtad holds the mailbox while it appends', () => {
   for (const w of waiters) {
     it(`${w.name} cannot lock it and waits; mtad has the mailbox open once`, async () => {
       const token = `slow-${w.name.replace(/\W+/g, '-')}`;
-      const { delivered, detach } = await holdInsideAppend(token);
+      // 8 s: long enough for the probes below (each a new process) on a loaded machine.
+      const { delivered, detach } = await holdInsideAppend(token, 8_000_000);
+      let locked = false;
+      let waiting: ReturnType<Waiter['wait']> | undefined;
       try {
         expect(mailboxDescriptors()).toBe(1);
         expect(fcntlState()).toBe('busy');
         expect(w.tryOnce()).toBe(false);
-        const waiting = w.wait();
+        waiting = w.wait();
         // The moment the waiter gets the lock, mtad's append must be over.
-        const intentWhenLocked = waiting.done.then(() => fs.existsSync(appendRecord()));
+        const intentWhenLocked = waiting.done.then(() => { locked = true; return fs.existsSync(appendRecord()); });
         expect(await intentWhenLocked).toBe(false);
         // The waiter holds the lock now: what it sees is the whole new message.
         const tokens = tokensByPython(box);
         expect(tokens.at(-1)).toBe(token);
         expect(tokensByFormail(box)).toEqual(tokens);
+        locked = false;
         await waiting.release();
         await delivered;
         expect(fs.existsSync(lock)).toBe(false);
       } finally {
+        // A waiter that got the lock gives it back, whatever failed (one that did not is killed after the test).
+        if (locked) await waiting!.release();
         await detach();
       }
     });
@@ -287,7 +332,7 @@ describe('mtad holds the mailbox while it appends', () => {
     try {
       await delivered;
       // mtad may hold the mailbox a few ms after the 250, waiting for a next append.
-      await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
+      await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
       expect(mtad.output()).not.toMatch(/compromised/);
       expect(tokensByPython(box).at(-1)).toBe('slow-6s');
     } finally {
@@ -308,7 +353,7 @@ describe('mtad holds the mailbox while it appends', () => {
       const tokens = tokensByPython(box);
       expect(tokens.slice(-2)).toEqual([token, 'via-dovecot']);
       expect(tokensByFormail(box)).toEqual(tokens);
-      await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
+      await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
     } finally {
       await detach();
     }

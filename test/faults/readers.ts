@@ -118,14 +118,8 @@ export function start(cmd: string, args: string[]): { proc: ReturnType<typeof sp
   return { proc, exit, output: () => out };
 }
 
-/** Resolves once `cond()` holds, checking every 50 ms; rejects after `timeoutMs`. For conditions no event announces. */
-export async function until(cond: () => boolean, timeoutMs = 15000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+// For conditions no event announces (kept here too: the fault tests import it from this file).
+export { until } from '../helpers/wait';
 
 /**
  * Runs Dovecot's imap server preauthenticated on one mbox (the way `dovecot` runs it
@@ -158,7 +152,10 @@ export function dovecotImapAsync(mbox: string, commands: string[]): Promise<stri
   p.stdout!.on('data', (b: Buffer) => { out += b.toString('latin1'); });
   p.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
   p.stdin!.end(commands.map((c) => `${c}\r\n`).join(''), 'latin1');
+  // Its lock timeout is 5 s: a minute means it hangs, and it must not outlive the test.
+  const timer = setTimeout(() => { err += '(killed after 60 s)'; p.kill('SIGKILL'); }, 60000);
   return new Promise((resolve, reject) => p.on('exit', (code) => {
+    clearTimeout(timer);
     fs.rmSync(dir, { recursive: true, force: true });
     if (code === 0) resolve(out); else reject(new Error(`dovecot imap failed (${code}): ${err}`));
   }));
