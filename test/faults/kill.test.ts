@@ -15,7 +15,9 @@
 // queue file in active/. Every duplicated token must be one of them.
 //
 // KILL_ROUNDS (default 20) sets the number of kills; `KILL_ROUNDS=50 npx vitest run
-// --config test/vitest.config.ts test/faults/kill.test.ts` is the longer run.
+// --config test/vitest.config.ts test/faults/kill.test.ts` is the longer run. Every
+// random choice (recipients, sizes, kill moments) comes from KILL_SEED, printed at the
+// start: KILL_SEED=<n> replays the same choices (the timing of a real machine aside).
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -38,7 +40,15 @@ interface Token {
   attempts: number;
 }
 
-const rnd = (n: number): number => Math.floor(Math.random() * n);
+const SEED = Number(process.env.KILL_SEED ?? Math.floor(Math.random() * 2 ** 32));
+/** mulberry32: small, and the same numbers from the same seed. */
+const random = ((a: number) => (): number => {
+  a = (a + 0x6d2b79f5) | 0;
+  let t = Math.imul(a ^ (a >>> 15), 1 | a);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+})(SEED);
+const rnd = (n: number): number => Math.floor(random() * n);
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -76,7 +86,8 @@ afterAll(async () => {
 });
 
 describe('kill -9 under load', () => {
-  it(`loses no acknowledged message over ${ROUNDS} kills`, async () => {
+  it(`loses no acknowledged message over ${ROUNDS} kills (seed printed)`, async () => {
+    console.log(`kill: seed ${SEED} (replay: KILL_SEED=${SEED} KILL_ROUNDS=${ROUNDS})`);
     dir = makeInstance({ users: USERS });
     const port = await freePort();
     const env = {
@@ -101,7 +112,9 @@ describe('kill -9 under load', () => {
     let cutAfterDot = 0;
     let tornRollbacks = 0;
     let tornBytes = 0;
-    let ackWaiter: { n: number; resolve: () => void } | null = null;
+    let ackWaiter: { n: number; resolve: () => void; reject: (e: unknown) => void } | null = null;
+    // A worker that fails stops the run at once, with its error, instead of leaving the rounds waiting for 250s.
+    let workerFailed: unknown = null;
     // Workers wait on this between a kill and the restart, instead of hammering a closed port.
     let up: Promise<void> = Promise.resolve();
     let markUp: () => void = () => undefined;
@@ -171,7 +184,10 @@ describe('kill -9 under load', () => {
         }
       }
     };
-    const workers = Array.from({ length: WORKERS }, (_, w) => worker(w));
+    const workers = Array.from({ length: WORKERS }, (_, w) => worker(w).catch((err) => {
+      workerFailed ??= err;
+      ackWaiter?.reject(err);
+    }));
 
     const roundLog: string[] = [];
     const staleDirsSeen: string[] = [];
@@ -180,11 +196,18 @@ describe('kill -9 under load', () => {
       if (lockCarol) expect(run('dotlockfile', ['-l', '-r', '0', lockOf(LOCKED_USER)]).status).toBe(0);
       // A random moment: after a random number of fresh 250s, then a random few milliseconds.
       const want = acks + 3 + rnd(30);
-      await new Promise<void>((resolve) => { ackWaiter = { n: want, resolve }; });
+      if (workerFailed) throw workerFailed;
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`round ${round}: no ${want - acks} fresh 250s within 60 s`)), 60000);
+        ackWaiter = { n: want, resolve: () => { clearTimeout(timer); resolve(); }, reject: (e) => { clearTimeout(timer); reject(e); } };
+      });
       if (lockCarol) await mtad.waitForLog(/queued for retry/, 30000);
       if (round % 4 === 1) {
-        // Aim inside an append: the moment one of mtad's dotlock directories appears.
+        // Aim inside an append: the moment one of mtad's dotlock directories appears
+        // (or, if none does within 10 s, now: the round still counts as a random moment).
         await new Promise<void>((resolve) => {
+          const done = (): void => { clearTimeout(timer); watcher.close(); resolve(); };
+          const timer = setTimeout(() => { roundLog.push(`round ${round}: no lock directory seen within 10 s`); done(); }, 10000);
           const watcher = fs.watch(spool, (_event, name) => {
             if (!name?.endsWith('.lock')) return;
             try {
@@ -192,8 +215,7 @@ describe('kill -9 under load', () => {
             } catch {
               return;
             }
-            watcher.close();
-            resolve();
+            done();
           });
         });
       } else {
@@ -222,7 +244,12 @@ describe('kill -9 under load', () => {
     }
 
     stopping = true;
-    await Promise.all(workers);
+    let slow: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(workers),
+      new Promise((_, reject) => { slow = setTimeout(() => reject(new Error('workers still sending 60 s after the last round')), 60000); }),
+    ]).finally(() => clearTimeout(slow));
+    if (workerFailed) throw workerFailed;
     // Let the queue drain (the retries run every second at most), then stop cleanly.
     const deadline = Date.now() + 60000;
     while (queuedTokens(queueDir).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 import { run, sendToken, tokensByPython, until } from './readers';
+import { watchOutput } from '../helpers/wait';
 
 let mtad: Mtad;
 let owner: { uid: number; gid: number };
@@ -90,11 +91,11 @@ describe('a mailbox that is not a plain file is not written', () => {
     const py = 'import os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\nprint("open", flush=True)\nwhile True:\n    print("got %d" % len(os.read(fd, 65536)), flush=True)';
     const reader = spawn('python3', ['-c', py, fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
     readers.push(reader);
-    let said = '';
-    await new Promise<void>((resolve) => reader.stdout!.on('data', (b: Buffer) => { said += b.toString(); if (said.includes('open')) resolve(); }));
+    const said = watchOutput(reader, 'the FIFO reader');
+    await said.next(/open/);
     const id = await send('fiforead', 'via-fifo-reader');
     await deferredWith(id, 'fiforead', 'mailbox is not a regular file');
-    expect(said).not.toMatch(/got [1-9]/);
+    expect(said.output()).not.toMatch(/got [1-9]/);
     reader.kill('SIGKILL');
     fs.rmSync(fifo);
     await deliveredAfterFix(id, 'fiforead', 'via-fifo-reader');
@@ -120,13 +121,13 @@ describe('a mailbox that is not a plain file is not written', () => {
     const original = fs.readFileSync(box);
     const v = victim('swap-target');
     // mtad keeps the mailbox locked a few ms after an append, waiting for the next one.
-    await until(() => !fs.existsSync(lock), 2000, 'mtad to release the mailbox');
+    await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
     expect(run('dotlockfile', ['-l', '-r', '0', lock]).status).toBe(0);
     const c = await SmtpClient.connect(mtad.port);
     await c.cmd('EHLO client.test');
     const reply = c.send('a@client.test', ['replaced@lab.test'], 'Subject: swapped\r\nX-Token: swapped\r\n\r\nEND swapped\r\n');
     // mtad has opened the mailbox and waits for the dotlock: swap the file now.
-    await until(() => mailboxDescriptors(box) === 1, 4000, 'mtad to open the mailbox');
+    await until(() => mailboxDescriptors(box) === 1, 30000, 'mtad to open the mailbox');
     fs.renameSync(box, `${box}.moved`);
     fs.symlinkSync(v.file, box);
     expect(run('dotlockfile', ['-u', lock]).status).toBe(0);
@@ -141,7 +142,7 @@ describe('a mailbox that is not a plain file is not written', () => {
     // Put the real mailbox back: the retry delivers into it.
     fs.rmSync(box);
     fs.renameSync(`${box}.moved`, box);
-    await mtad.waitForLog(new RegExp(`${id}: to=<replaced@lab.test>, .*status=sent`), 10000);
+    await mtad.waitForLog(new RegExp(`${id}: to=<replaced@lab.test>, .*status=sent`));
     expect(tokensByPython(box)).toEqual(['first', 'swapped']);
     expect(fs.readFileSync(v.file).equals(v.bytes)).toBe(true);
   });

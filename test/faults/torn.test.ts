@@ -11,6 +11,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { sendToken, tokensByFormail, tokensByPython } from './readers';
+import { watchOutput } from '../helpers/wait';
 
 let mtad: Mtad | null = null;
 let dir = '';
@@ -95,7 +96,7 @@ describe('an append torn by a crash', () => {
     // Python's lockf takes the classic fcntl lock, as Dovecot does while it reads.
     const holder = spawn('python3', ['-c', 'import fcntl, sys\nf = open(sys.argv[1], "a")\nfcntl.lockf(f, fcntl.LOCK_EX)\nprint("locked", flush=True)\nsys.stdin.readline()', box], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+      await watchOutput(holder, 'the Python lock holder').next(/locked/);
       mtad = await startMtad({ dir });
       expect(mtad.output()).toContain('warning: mailbox dora: an append was interrupted by a crash, but another program holds its fcntl lock; left as it is');
       expect(fs.readFileSync(box).equals(torn)).toBe(true);

@@ -98,7 +98,8 @@ export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
     proc.on('exit', (code, signal) => { exited = { code, signal }; listeners.forEach((l) => l()); resolve(exited); });
   });
 
-  const waitForLog = (re: RegExp, timeoutMs = 15000): Promise<string> => new Promise((resolve, reject) => {
+  // 30 s: a loaded machine (other builds, a CPU hog) can take seconds to start node or deliver.
+  const waitForLog = (re: RegExp, timeoutMs = 30000): Promise<string> => new Promise((resolve, reject) => {
     const check = (): boolean => {
       const m = out.split('\n').find((l) => re.test(l));
       if (m !== undefined) { cleanup(); resolve(m); return true; }

@@ -17,6 +17,7 @@ import { readMbox } from '../helpers/mbox';
 import { isRoot, makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { needsRoot } from '../helpers/skip';
 import { SmtpClient } from '../helpers/smtp';
+import { until } from '../helpers/wait';
 
 const SESSIONS = Number(process.env.MTAD_FUZZ_SESSIONS ?? 20000);
 const SEED = Number(process.env.MTAD_FUZZ_SEED ?? crypto.randomInt(2 ** 31));
@@ -223,11 +224,7 @@ it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
   expect(bad.slice(0, 10).join('\n')).toBe('');
 
   // Every session over, nothing half-received is left in the queue.
-  for (;;) { // (bounded by the test's timeout)
-    const out = m.output();
-    if (out.split(' connect from ').length === out.split(' disconnect from ').length) break;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  await until(() => m.output().split(' connect from ').length === m.output().split(' disconnect from ').length, 60000, 'the end of every session in the log', 50);
   expect(fs.readdirSync(path.join(m.queue, 'tmp'))).toEqual([]);
   expect(fs.readdirSync(path.join(m.queue, 'active'))).toEqual([]);
 

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
 import { mtadForFile } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
+import { until } from '../helpers/wait';
 
 const mtad = mtadForFile({ users: ['alice', 'bob'] });
 
@@ -19,18 +20,12 @@ const closed = (c: SmtpClient): Promise<void> => new Promise((resolve) => {
 const count = (re: RegExp): number => mtad().output().split('\n').filter((l) => re.test(l)).length;
 
 /** Waits until mtad has logged a line matching `re` at least n times. */
-const logged = (re: RegExp, n: number): Promise<void> => new Promise((resolve) => {
-  const t = setInterval(() => { if (count(re) >= n) { clearInterval(t); resolve(); } }, 10);
-});
+const logged = (re: RegExp, n: number): Promise<void> => until(() => count(re) >= n, 30000, `${n} log lines matching ${re}`, 10);
 
 /** Waits until mtad has logged the end of every session it logged the start of. */
 async function settled(): Promise<void> {
   const connects = count(/ connect from /);
-  for (let seen = count(/ disconnect from /); seen < connects; seen = count(/ disconnect from /)) {
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => { if (count(/ disconnect from /) > seen) { clearInterval(t); resolve(); } }, 10);
-    });
-  }
+  await until(() => count(/ disconnect from /) >= connects, 30000, `the end of all ${connects} sessions in the log`, 10);
 }
 
 /** A body whose every line says which message it belongs to, so a piece of one is recognisable. */
@@ -73,9 +68,7 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
     c.write(body(tag, lines));
     // The spill file exists once the body is past 256 KiB: leave while it is there.
     if (lines > 1000) {
-      await new Promise<void>((resolve) => {
-        const t = setInterval(() => { if (fs.readdirSync(path.join(mtad().queue, 'tmp')).length) { clearInterval(t); resolve(); } }, 5);
-      });
+      await until(() => fs.readdirSync(path.join(mtad().queue, 'tmp')).length > 0, 30000, 'the spill file in tmp/', 5);
     }
     leave(c, how);
     await closed(c);
@@ -105,12 +98,10 @@ describe.each(['FIN', 'RST'] as const)('a client that leaves with %s', (how) => 
     await closed(c);
     await settled();
     // Delivery may still be running after the disconnect: wait until every accepted message is removed.
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        const ids = [...mtad().output().matchAll(/: (\w+): client=/g)].map((x) => x[1]);
-        if (ids.every((id) => mtad().output().includes(`${id}: removed`))) { clearInterval(t); resolve(); }
-      }, 10);
-    });
+    await until(() => {
+      const ids = [...mtad().output().matchAll(/: (\w+): client=/g)].map((x) => x[1]);
+      return ids.every((id) => mtad().output().includes(`${id}: removed`));
+    }, 30000, 'every accepted message to be removed from the queue', 10);
     expectClean();
     const got = ['alice', 'bob'].map((u) => (fs.existsSync(mtad().mailbox(u)) ? readMbox(mtad().mailbox(u)) : []).filter((x) => x.header('Subject') === tag).length);
     expect(got[0]).toBeLessThanOrEqual(1);

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
+import { watchOutput } from '../helpers/wait';
 
 let mtad: Mtad;
 beforeAll(async () => { mtad = await startMtad({ users: ['alice', 'bob', 'dave', 'erin'] }); });
@@ -101,16 +102,19 @@ describe('a mailbox that cannot be written now', () => {
       'print("locked", flush=True)',
       'sys.stdin.readline()',
     ].join('\n')], { stdio: ['pipe', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
-
-    const id = await sendOne('alice', 'Subject: waited\r\n\r\nfor the lock\r\n', q.port);
-    await q.waitForLog(new RegExp(`${id}: to=<alice@lab\\.test>.*status=deferred \\(mailbox alice is locked`));
-    expect(fs.readFileSync(box, 'utf8')).toBe('');
-    // The queue file is whole: envelope line, then the message in mbox form.
-    const queued = fs.readFileSync(path.join(q.queue, 'active', id), 'utf8');
-    expect(JSON.parse(queued.split('\n')[0])).toMatchObject({ id, sender: 'sender@remote.example', recipients: [{ mailbox: 'alice' }] });
-
-    holder.stdin!.end('\n');
+    let id: string;
+    try {
+      await watchOutput(holder, 'the Python lock holder').next(/locked/);
+      id = await sendOne('alice', 'Subject: waited\r\n\r\nfor the lock\r\n', q.port);
+      await q.waitForLog(new RegExp(`${id}: to=<alice@lab\\.test>.*status=deferred \\(mailbox alice is locked`));
+      expect(fs.readFileSync(box, 'utf8')).toBe('');
+      // The queue file is whole: envelope line, then the message in mbox form.
+      const queued = fs.readFileSync(path.join(q.queue, 'active', id), 'utf8');
+      expect(JSON.parse(queued.split('\n')[0])).toMatchObject({ id, sender: 'sender@remote.example', recipients: [{ mailbox: 'alice' }] });
+    } finally {
+      // The holder lets go whatever failed: the other tests deliver to this mtad too.
+      holder.stdin!.end('\n');
+    }
     await q.waitForLog(new RegExp(`${id}: to=<alice@lab\\.test>.*status=sent`));
     await q.waitForLog(new RegExp(`${id}: removed`));
     const msgs = readMbox(box);
