@@ -1,6 +1,11 @@
 // Connections per client address, so that one address cannot hold every slot
 // (Postfix's smtpd_client_connection_count_limit). One counter per server: the
-// SMTP server has one, the POP3 server can have its own.
+// SMTP server has one, the POP3 server can have its own. This machine's own
+// loopback address is not limited, as Postfix exempts $mynetworks: local
+// submission (sendmail, mail, cron) all comes from 127.0.0.1.
+
+/** Addresses no limit applies to (counted all the same). */
+export const UNLIMITED = new Set(['127.0.0.1', '::1']);
 
 /** ::ffff:192.0.2.1 (an IPv4 client on a dual-stack socket) counts as 192.0.2.1. */
 export function clientKey(address: string): string {
@@ -18,7 +23,7 @@ export class ClientCounter {
   admit(address: string): boolean {
     const key = clientKey(address);
     const n = this.open.get(key) ?? 0;
-    if (this.limit && n >= this.limit) return false;
+    if (this.limit && n >= this.limit && !UNLIMITED.has(key)) return false;
     this.open.set(key, n + 1);
     return true;
   }

@@ -1,9 +1,10 @@
 // One address must not be able to hold every connection: by default it gets 50
-// (MTAD_MAX_CLIENTS_PER_IP, as Postfix's smtpd_client_connection_count_limit), and a
+// (MTAD_MAX_CLIENTS_PER_IP, as Postfix's smtpd_client_connection_count_limit; this
+// machine's own 127.0.0.1, where local submission comes from, is not limited), and a
 // client that trickles a byte or a line every so often, which restarts any idle
 // timer, is cut all the same: a command line must be whole within MTAD_IDLE_TIMEOUT,
 // a transaction over within MTAD_TRANSACTION_TIMEOUT. Real sockets over loopback;
-// 127.0.0.2 stands for a second client machine.
+// 127.0.0.2 and 127.0.0.3 stand for other client machines.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -61,31 +62,36 @@ async function trickleLines(c: SmtpClient, everyMs: number): Promise<Reply> {
 }
 
 describe('connections from one address (MTAD_MAX_CLIENTS_PER_IP, default 50)', () => {
-  it('greets 50 from one address, answers the 51st 421 4.7.0, serves another address meanwhile, and the first again once one leaves', async () => {
+  it('greets 50 from one address, answers the 51st 421 4.7.0, serves other addresses meanwhile, and the first again once one leaves', async () => {
     const m = await mtadWith({ MTAD_MAX_CLIENTS: '200' });
     const held: SmtpClient[] = [];
+    const from = (local: string): Promise<SmtpClient> => SmtpClient.connect(m.port, '127.0.0.1', local);
     try {
       for (let i = 0; i < 50; i++) {
-        const c = await SmtpClient.connect(m.port);
+        const c = await from('127.0.0.2');
         held.push(c);
         expect(c.greeting.code, `connection ${i + 1}`).toBe(220);
       }
-      const refused = await SmtpClient.connect(m.port);
+      const refused = await from('127.0.0.2');
       expect(refused.greeting.raw).toBe('421 4.7.0 lab.test Too many connections from your address, try again later\r\n');
       await closed(refused);
-      await m.waitForLog(/NOQUEUE: reject: CONNECT from \S+\[127\.0\.0\.1\]: 421 4\.7\.0 too many connections from this address \(MTAD_MAX_CLIENTS_PER_IP=50\)/);
+      await m.waitForLog(/NOQUEUE: reject: CONNECT from \S+\[127\.0\.0\.2\]: 421 4\.7\.0 too many connections from this address \(MTAD_MAX_CLIENTS_PER_IP=50\)/);
 
-      const other = await SmtpClient.connect(m.port, '127.0.0.1', '127.0.0.2');
+      const other = await from('127.0.0.3');
       expect(other.greeting.code).toBe(220);
       await other.cmd('HELO other.test');
       expect((await other.send('someone@other.test', ['bob'], 'Subject: from elsewhere\r\n\r\nserved\r\n')).code).toBe(250);
       await other.quit();
+      // Nor is local submission (sendmail, cron: from 127.0.0.1) shut out by a busy neighbour.
+      const local = await SmtpClient.connect(m.port);
+      expect(local.greeting.code).toBe(220);
+      await local.quit();
 
       await held.shift()!.quit();
       // The slot is free once mtad has seen that client go: ask until it has (bounded).
       let again: SmtpClient | undefined;
       for (let tries = 0; tries < 100 && !again; tries++) {
-        const c = await SmtpClient.connect(m.port);
+        const c = await from('127.0.0.2');
         if (c.greeting.code === 220) again = c;
         else { await closed(c); await pause(100); }
       }

@@ -15,6 +15,13 @@ it('admits up to the limit per address, counts an IPv4 client on a dual-stack so
   expect(c.count('2001:db8::1')).toBe(0);
 });
 
+it('does not limit this machine\'s own loopback address (local submission), as Postfix exempts $mynetworks', () => {
+  const c = new ClientCounter(1);
+  for (const a of ['127.0.0.1', '::ffff:127.0.0.1', '::1', '::1']) expect(c.admit(a)).toBe(true);
+  expect([c.admit('127.0.0.2'), c.admit('127.0.0.2')]).toEqual([true, false]);
+  expect(c.count('127.0.0.1')).toBe(2);
+});
+
 it('has no limit at 0', () => {
   const c = new ClientCounter(0);
   for (let i = 0; i < 1000; i++) expect(c.admit('127.0.0.1')).toBe(true);
