@@ -2,8 +2,9 @@
 // bytes flipped, inserted, deleted; long lines; binary; pipelined bursts; clients
 // that leave at a random byte with FIN or RST) sent at a real mtad from many
 // connections at once. mtad must stay up, answer only with well-formed SMTP replies,
-// leave nothing half-received in its queue, write nothing outside its spool, and
-// still deliver a valid session afterwards.
+// never accept a recipient outside its domains (fuzzed look-alikes of them, one
+// RCPT per line so each reply is known), leave nothing half-received in its queue,
+// write nothing outside its spool, and still deliver a valid session afterwards.
 //   MTAD_FUZZ_SESSIONS   sessions to run (default 20000)
 //   MTAD_FUZZ_SEED       the seed (default: random; printed, so a failure can be replayed)
 //   MTAD_FUZZ_PARALLEL   connections at a time (default 40)
@@ -55,6 +56,55 @@ const VERBS = [
 const SPECIAL = [0x00, 0x0a, 0x0d, 0x2e, 0xff, 0x20, 0x3c, 0x3e, 0x3a, 0x7f, 0x80, 0x09, 0x40];
 const SNIPPETS = ['\r\n.\r\n', '\n.\n', '\r.\r\n', 'DATA\r\n', 'MAIL FROM:<e@v.test>\r\n', 'From evil\r\n', '..\r\n', '\r\n'];
 
+// Recipients in the spellings of ours that mtad takes, and in look-alikes of them.
+const OUR_DOMAINS = ['lab.test', 'LAB.TEST', 'Lab.Test.', 'localhost', '[127.0.0.1]'];
+const LOOK_ALIKE_DOMAINS = [
+  'evil-lab.test', 'x.lab.test', 'lab.test.evil.example', 'lab.testt', 'lab.tes', 'ab.test', 'lab.test..', '.lab.test', 'lab..test',
+  'localhost.evil.example', 'sub.localhost', '[127.0.0.2]', '[127.1]', '[IPv6:::1]', '[127.0.0.1].evil.example', 'xn--lb-8kc.test',
+  'l\u0430b.test', 'lab.test\u200b', '\uff4cab.test', 'remote.test', 'lab.test@remote.test',
+];
+const LOCAL_PARTS = [
+  'alice', 'bob', 'postmaster', 'ALICE', '"alice"', '"b\\ob"', 'alice+x', 'eve', 'alice%remote.test', 'remote.test!alice',
+  '"alice@remote.test"', '@relay.test:alice', '@relay.test,@b.test:bob',
+];
+
+/** One recipient as written after "RCPT TO:", sometimes mutated; never a CR or LF, so one line, one reply. */
+function fuzzedRecipient(r: Rand): Buffer {
+  const domain = r() < 0.15 ? '' : `@${pick(r, r() < 0.4 ? OUR_DOMAINS : LOOK_ALIKE_DOMAINS)}`;
+  let a = Buffer.from(`${pick(r, LOCAL_PARTS)}${domain}`, 'utf8');
+  if (r() < 0.4) a = Buffer.from(mutate(r, a).filter((b) => b !== 0x0a && b !== 0x0d));
+  return r() < 0.8 ? Buffer.concat([Buffer.from('<'), a, Buffer.from('>')]) : a;
+}
+
+/**
+ * Whether mtad may ever answer 250 to "RCPT TO:" + this text: only a local name or
+ * an address at exactly one of our domains (case aside, one root dot) or at the
+ * literal it listens on, in printable ASCII, with nothing after it, no source route
+ * and no relay hack (%, !, an "@" in the local part). Stricter than the policy, never looser.
+ */
+function mayAccept(written: string): boolean {
+  let a = written.replace(/^[ \t]+|[ \t]+$/g, '');
+  if (a.startsWith('<')) {
+    if (!a.endsWith('>') || a.indexOf('>') !== a.length - 1) return false;
+    a = a.slice(1, -1);
+  }
+  if (!a || /[^\x21-\x7e]/.test(a.replace(/"[^"]*"/g, '""')) || /[^\x20-\x7e]/.test(a) || a.startsWith('@') || /[%!]/.test(a)) return false;
+  const at = a.lastIndexOf('@');
+  if (at < 0) return true;
+  return !a.slice(0, at).includes('@') && /^(lab\.test|localhost|\[127\.0\.0\.1\])\.?$/i.test(a.slice(at + 1));
+}
+
+/** The replies in a session's output, whole (a multi-line reply is one). */
+function replies(text: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (const l of text.split('\r\n').slice(0, -1)) {
+    cur += `${l}\r\n`;
+    if (l[3] !== '-') { out.push(cur); cur = ''; }
+  }
+  return out;
+}
+
 function validSession(r: Rand): string {
   const rcpts = Array.from({ length: 1 + int(r, 3) }, () => pick(r, ['<alice>', '<bob@lab.test>', 'alice', '<postmaster>']));
   const body = Array.from({ length: int(r, 8) }, () => pick(r, ['hello', '.leading dot', 'From here', '', '>From x', 'ütf8 bytes', 'x'.repeat(int(r, 1200))]));
@@ -83,7 +133,7 @@ function mutate(r: Rand, b: Buffer): Buffer {
  * data and QUIT, so mtad closes them; a 'vanish' session stops at a random byte and
  * leaves with a FIN or a RST.
  */
-function session(r: Rand): { kind: string; bytes: Buffer; leave?: 'FIN' | 'RST' } {
+function session(r: Rand): { kind: string; bytes: Buffer; leave?: 'FIN' | 'RST'; rcpts?: Buffer[] } {
   const k = r();
   if (k >= 0.95) {
     const whole = mutate(r, Buffer.from(validSession(r), 'latin1'));
@@ -94,9 +144,18 @@ function session(r: Rand): { kind: string; bytes: Buffer; leave?: 'FIN' | 'RST' 
   if (k < 0.1) {
     kind = 'valid';
     bytes = Buffer.from(validSession(r), 'latin1');
-  } else if (k < 0.5) {
+  } else if (k < 0.4) {
     kind = 'mutated';
     bytes = mutate(r, Buffer.from(validSession(r), 'latin1'));
+  } else if (k < 0.5) {
+    // Replies come in order, one per line: reply 3 + i answers recipient i.
+    const rcpts = Array.from({ length: 1 + int(r, 8) }, () => fuzzedRecipient(r));
+    return {
+      kind: 'rcpt',
+      rcpts,
+      bytes: Buffer.concat([Buffer.from('EHLO fuzz.test\r\nMAIL FROM:<fuzz@fuzz.test>\r\n'),
+        ...rcpts.flatMap((a) => [Buffer.from('RCPT TO:'), a, Buffer.from('\r\n')]), Buffer.from('RSET\r\nQUIT\r\n')]),
+    };
   } else if (k < 0.8) {
     kind = 'burst';
     const cmds = Array.from({ length: 1 + int(r, 30) }, () => {
@@ -197,14 +256,26 @@ it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
   const kinds = new Map<string, number>();
   const codes = new Map<string, number>();
   const bad: string[] = [];
+  const relayed: string[] = [];
+  const rcptCodes = new Map<string, number>();
   let next = 0;
   const t0 = process.hrtime.bigint();
   await Promise.all(Array.from({ length: PARALLEL }, async () => {
     for (let i = next++; i < SESSIONS; i = next++) {
       const r = prng(seeds[i]);
-      const { kind, bytes, leave } = session(r);
+      const { kind, bytes, leave, rcpts } = session(r);
       kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
       const { text, hung } = await run(m.port, r, bytes, leave);
+      const answers = replies(text);
+      for (const [n, a] of (rcpts ?? []).entries()) {
+        const reply = answers[3 + n];
+        if (reply === undefined) break;
+        const written = a.toString('latin1');
+        rcptCodes.set(reply.slice(0, 3), (rcptCodes.get(reply.slice(0, 3)) ?? 0) + 1);
+        if (reply.startsWith('250') && !mayAccept(written)) {
+          relayed.push(`session ${i} (seed ${seeds[i]}): RCPT TO:${JSON.stringify(written)} got ${JSON.stringify(reply)}`);
+        }
+      }
       const lines = text.split('\r\n');
       // A client that resets may cut the last reply short itself; every other reply ends with CRLF.
       const tail = leave === 'RST' ? '' : lines.pop();
@@ -222,6 +293,10 @@ it(`survives ${SESSIONS} fuzzed sessions (seed printed)`, async () => {
   console.log(`fuzz: ${SESSIONS} sessions in ${secs.toFixed(1)} s (${(SESSIONS / secs).toFixed(0)}/s); ` +
     `kinds ${JSON.stringify(Object.fromEntries(kinds))}; reply lines by class ${JSON.stringify(Object.fromEntries(codes))}`);
   expect(bad.slice(0, 10).join('\n')).toBe('');
+  // No recipient outside our domains was ever accepted; and the check saw both answers.
+  console.log(`fuzz: fuzzed recipients by reply ${JSON.stringify(Object.fromEntries(rcptCodes))}`);
+  expect(relayed.slice(0, 10).join('\n')).toBe('');
+  if (SESSIONS >= 1000) expect([rcptCodes.get('250') ?? 0, rcptCodes.get('554') ?? 0].every((n) => n > 0)).toBe(true);
 
   // Every session over, nothing half-received is left in the queue.
   await until(() => m.output().split(' connect from ').length === m.output().split(' disconnect from ').length, 60000, 'the end of every session in the log', 50);
