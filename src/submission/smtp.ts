@@ -51,7 +51,8 @@ export class SmtpConnection {
 
   async command(line: string): Promise<Reply> {
     this.trace?.(`>>> ${line}`);
-    this.socket.write(`${line}\r\n`, 'latin1');
+    // UTF-8, never latin1: a latin1 write turns U+010A in an argument into LF, a second command.
+    this.socket.write(`${line}\r\n`, 'utf8');
     return this.reply();
   }
 

@@ -138,6 +138,18 @@ describe('sendmail: refused recipients', () => {
     expect(box(mtad, 'bob')).toEqual([]);
   });
 
+  it.each([
+    ['a recipient', ['alice', 'b\u010aob']],
+    ['the -f sender', ['-f', 'x\u010ay@lab.test', 'alice']],
+  ])('%s with U+010A reaches mtad as one line (refused 553 5.6.7), never as a second command', (_what, args) => {
+    clear('alice', 'bob');
+    const r = sendmail(mtad, args, 'Subject: injected\n\nx\n');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/Non-ASCII (recipient|sender) address not permitted/);
+    expect(box(mtad, 'alice')).toEqual([]);
+    expect(box(mtad, 'bob')).toEqual([]);
+  });
+
   it('-t with an unknown address in Cc: the same', () => {
     clear('alice');
     const r = sendmail(mtad, ['-t'], 'To: alice\nCc: ghost@lab.test\n\nx\n');
