@@ -9,6 +9,8 @@ import path from 'node:path';
 import { queueHolder, spoolHolder } from './queue/pidfile';
 import { parseAliases } from './accounts/aliases';
 import { parseUsers } from './accounts/users';
+import { hashesExposed } from './accounts/directory';
+import { untrusted } from './accounts/trust';
 import { Config, describeErrno, ROOT } from './config';
 import { Directory, expand, POSTMASTER } from './policy';
 import { localNames } from './smtp/server';
@@ -96,8 +98,10 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     row('tls', 'off (MTAD_TLS_CERT and MTAD_TLS_KEY unset): no STARTTLS');
   }
 
-  const users = readAccounts(config.usersFile, 'users', problem, (t) => parseUsers(t));
-  const aliases = readAccounts(config.aliasesFile, 'aliases', problem, (t) => parseAliases(t));
+  const users = readAccounts(config.usersFile, 'users', who, problem, (t) => parseUsers(t));
+  const aliases = readAccounts(config.aliasesFile, 'aliases', who, problem, (t) => parseAliases(t));
+  const exposed = users && hashesExposed(statOrNull(config.usersFile), users.users);
+  if (exposed) lines.push(`warning: ${config.usersFile}: ${exposed}`);
   const dir: Directory = { users: users?.users ?? new Map(), aliases: aliases?.aliases ?? new Map() };
   row('users', `${dir.users.size ? [...dir.users.keys()].join(', ') : 'none yet: every recipient but postmaster is refused (add one with mta-adduser)'}  (${config.usersFile})`);
   const shownAliases: string[] = [];
@@ -153,14 +157,41 @@ export function hasBindCapability(): boolean {
   }
 }
 
+/**
+ * Reads an accounts file as mtad would: judged for trust and access as the user
+ * it runs as (`who`); a missing file is an empty one for mtad too.
+ */
 function readAccounts<T extends { problems: string[] }>(
-  file: string, what: string, problem: (t: string, c: number) => void, parse: (text: string) => T,
+  file: string, what: string, who: Who | null, problem: (t: string, c: number) => void, parse: (text: string) => T,
 ): T | null {
+  if (who) {
+    let why: string | null;
+    try {
+      why = untrusted(file, [who.uid]);
+    } catch (err) {
+      why = `${describeErrno(err)}`;
+    }
+    if (why) {
+      problem(`will not trust the ${what} file ${file}: ${why}`, 77);
+      return null;
+    }
+    const st = statOrNull(file);
+    const closed = st && closedTo(file, who);
+    if (closed) {
+      problem(`${who.label} cannot reach the ${what} file ${file}: ${closed} is closed to it`, 66);
+      return null;
+    }
+    if (st && !allowed(st, who, 0o4)) {
+      problem(`${who.label} cannot read the ${what} file ${file} (owner uid ${st.uid}, group ${st.gid}, mode ${(st.mode & 0o7777).toString(8)}): ` +
+        `chgrp ${who.gids[0]} ${file}; chmod g+r ${file}`, 66);
+      return null;
+    }
+  }
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && what === 'aliases') return parse('');
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return parse('');
     problem(`cannot read the ${what} file ${file}: ${describeErrno(err)}`, 66);
     return null;
   }

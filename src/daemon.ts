@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { SMTPServer } from 'smtp-server';
-import { AccountDirectory } from './accounts/directory';
+import { AccountDirectory, UntrustedFile } from './accounts/directory';
 import path from 'node:path';
 import { Config, describeErrno, ROOT } from './config';
 import { DeliveryAgent } from './delivery/agent';
@@ -25,7 +25,7 @@ export interface Daemon {
   address: AddressInfo;
   /** Stops accepting, lets transactions finish (or answers 421 after the grace time), finishes deliveries. */
   close(): Promise<void>;
-  /** SIGHUP: reads again what may change while running (the TLS certificate); never stops mtad. */
+  /** SIGHUP: reads again what may change while running (the accounts, the TLS certificate); never stops mtad. */
   reload(): void;
 }
 
@@ -76,6 +76,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     try {
       accounts.loadSync();
     } catch (err) {
+      if (err instanceof UntrustedFile) throw new StartupError(`mtad: ${err.message}`, 77);
       throw new StartupError(`mtad: cannot read the accounts: ${describeErrno(err)} (${config.usersFile}, ${config.aliasesFile})`, 66);
     }
   } catch (err) {
@@ -110,6 +111,8 @@ export async function startDaemon(config: Config): Promise<Daemon> {
       return closing;
     },
     reload() {
+      // Each part rereads its files, logs one line, and keeps what it had if the new ones are refused.
+      void accounts.reloadNow().catch((err) => log.warn(`accounts: ${(err as Error).message}`));
       tls?.reload();
     },
   };

@@ -1,11 +1,14 @@
 // The daemon's live view of the users and aliases files. Every lookup first
 // checks (one stat per file, shared by concurrent lookups) whether a file
 // changed, and re-reads it if so: a user added by mta-adduser is accepted by the
-// very next RCPT, with no signal and no restart.
+// very next RCPT, with no signal and no restart. A version of a file that others
+// could have written is refused (invariant: accounts files others can write are
+// not trusted): the accounts read before stay in use.
 import fs from 'node:fs';
 import { log } from '../log';
 import type { Directory } from '../policy';
 import { parseAliases } from './aliases';
+import { untrusted } from './trust';
 import { parseUsers, User } from './users';
 
 interface Watched<T> {
@@ -18,6 +21,9 @@ function statKey(st: fs.Stats | null): string {
   return st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : 'missing';
 }
 
+/** An accounts file that someone other than root or mtad's user could have written. */
+export class UntrustedFile extends Error {}
+
 export class AccountDirectory {
   private users: Watched<Map<string, User>>;
   private aliases: Watched<Map<string, string[]>>;
@@ -28,7 +34,7 @@ export class AccountDirectory {
     this.aliases = { file: aliasesFile, key: null, value: new Map() };
   }
 
-  /** Loads both files now; throws if one exists but cannot be read. */
+  /** Loads both files now; throws if one exists but cannot be read, or is not to be trusted (UntrustedFile). */
   loadSync(): Directory {
     this.reload(this.users, safeStatSync(this.users.file), parseUsersText);
     this.reload(this.aliases, safeStatSync(this.aliases.file), parseAliasesText);
@@ -42,13 +48,23 @@ export class AccountDirectory {
     return this.checking;
   }
 
+  /** SIGHUP: reads both files again even if they look unchanged; one line says what is in use now. */
+  async reloadNow(): Promise<void> {
+    await this.checking;
+    this.users.key = null;
+    this.aliases.key = null;
+    const d = await this.current();
+    log.info(`accounts reread: ${d.users.size} user(s) from ${this.users.file}, ${d.aliases.size} alias(es) from ${this.aliases.file}`);
+  }
+
   private async refresh(): Promise<Directory> {
     const [us, as] = await Promise.all([safeStat(this.users.file), safeStat(this.aliases.file)]);
-    try {
-      this.reload(this.users, us, parseUsersText);
-      this.reload(this.aliases, as, parseAliasesText);
-    } catch (err) {
-      log.warn(`cannot read the accounts: ${(err as Error).message}; keeping the previous ones`);
+    for (const [w, st, parse] of [[this.users, us, parseUsersText], [this.aliases, as, parseAliasesText]] as const) {
+      try {
+        this.reload(w as Watched<unknown>, st, parse);
+      } catch (err) {
+        log.warn(`${err instanceof UntrustedFile ? '' : `cannot read ${w.file}: `}${(err as Error).message}; keeping the accounts read before`);
+      }
     }
     return this.snapshot();
   }
@@ -57,20 +73,39 @@ export class AccountDirectory {
     return { users: this.users.value, aliases: this.aliases.value };
   }
 
-  private reload<T>(w: Watched<T>, st: fs.Stats | null, parse: (text: string, file: string) => T): void {
+  private reload<T>(w: Watched<T>, st: fs.Stats | null, parse: (text: string, file: string, st: fs.Stats | null) => T): void {
     const key = statKey(st);
     if (key === w.key) return;
-    const text = st ? fs.readFileSync(w.file, 'utf8') : '';
-    if (!st) log.warn(`${w.file} does not exist: no accounts from it`);
-    w.value = parse(text, w.file);
+    // Judged (and a refusal logged) once per version of the file; a fixed file is a new version.
     w.key = key;
+    if (st) {
+      const why = untrusted(w.file, [process.geteuid?.() ?? 0]);
+      if (why) throw new UntrustedFile(`will not trust ${w.file}: ${why}`);
+    }
+    let text = '';
+    try {
+      if (st) text = fs.readFileSync(w.file, 'utf8');
+    } catch (err) {
+      w.key = null;
+      throw err;
+    }
+    if (!st) log.warn(`${w.file} does not exist: no accounts from it`);
+    w.value = parse(text, w.file, st);
   }
 }
 
-function parseUsersText(text: string, file: string): Map<string, User> {
+function parseUsersText(text: string, file: string, st: fs.Stats | null): Map<string, User> {
   const f = parseUsers(text);
   for (const p of f.problems) log.warn(`${file}: ${p}`);
+  const exposed = hashesExposed(st, f.users);
+  if (exposed) log.warn(`${file}: ${exposed}`);
   return f.users;
+}
+
+/** Password hashes are for mtad's eyes: a users file every user can read gives them away to offline guessing. */
+export function hashesExposed(st: fs.Stats | null, users: ReadonlyMap<string, User>): string | null {
+  if (!st || !(st.mode & 0o004) || ![...users.values()].some((u) => u.password !== '!')) return null;
+  return `every user can read the password hashes in it (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}): chmod o-r it (mta-adduser keeps it 0640)`;
 }
 
 function parseAliasesText(text: string, file: string): Map<string, string[]> {

@@ -10,13 +10,15 @@ const USAGE = `usage: mtad [--trace] [--check] [--help] [--version]
 Runs the mail server: SMTP on MTAD_HOST:MTAD_PORT, delivery into MTAD_SPOOL_DIR.
 Settings come from etc/mtad.env (or the file MTAD_CONFIG names), and the
 environment overrides them. Stop it with Ctrl-C or SIGTERM; SIGHUP rereads the
-TLS certificate and key.
+users and aliases files and the TLS certificate and key.
   --trace    print every session's dialogue (C: and S: lines), as MTAD_TRACE=yes does
   --check    check the configuration, the users and aliases files and the spool and
              queue permissions, show what mtad would listen on and accept, and exit
              (0 when all is well, otherwise the exit code mtad would stop with)
   --help     show this help
   --version  show the version`;
+
+const IGNORED_SIGNALS: NodeJS.Signals[] = ['SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM', 'SIGPROF', 'SIGPOLL', 'SIGPWR', 'SIGXCPU', 'SIGXFSZ', 'SIGSTKFLT', 'SIGTRAP'];
 
 runMain('mtad', async (argv) => {
   let trace = false;
@@ -66,6 +68,12 @@ runMain('mtad', async (argv) => {
     log.info('SIGHUP received: reloading');
     daemon?.reload();
   });
+  // No signal may end mtad without a word: SIGQUIT stops it as SIGTERM does; the
+  // others whose default is to kill (SIGKILL aside) are logged and ignored.
+  process.on('SIGQUIT', () => stop('SIGQUIT'));
+  for (const sig of IGNORED_SIGNALS) {
+    process.on(sig, () => log.warn(`${sig} received: ignored (SIGTERM stops mtad, SIGHUP rereads the accounts)`));
+  }
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
   daemon = await startDaemon(config);
   if (stopping) shutdown(daemon);
