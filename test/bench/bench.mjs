@@ -318,6 +318,18 @@ async function driveSmtpSource(port, { S, L, K, conn, secs, rate }) {
 }
 
 // ---- targets ---------------------------------------------------------------------------------
+// Every server the bench starts, from the moment it is spawned (before it is up): an
+// error, Ctrl-C or SIGTERM stops them all, so no mtad, Postfix or ceiling server is left behind.
+const live = new Set();
+function whenDone(name, stop) {
+  const entry = { name, stop: async () => { if (live.delete(entry)) await stop(); } };
+  live.add(entry);
+  return entry.stop;
+}
+async function stopLive() {
+  for (const e of [...live]) await e.stop().catch((err) => console.error(`bench: stopping ${e.name}: ${err.message}`));
+}
+
 function chownNobody(p) {
   if (!isRoot) return;
   const row = fs.readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => l.split(':')).find((r) => r[0] === 'nobody');
@@ -355,7 +367,11 @@ async function startMtad(extraEnv = {}) {
   const proc = spawn(process.execPath, [...nodeArgs, bin], { env, stdio: ['ignore', logFd, logFd] });
   fs.closeSync(logFd);
   let exited = false;
-  proc.on('exit', () => { exited = true; });
+  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
+  const stop = whenDone('mtad', async () => {
+    if (!exited) { proc.kill('SIGTERM'); await gone; }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
   // The port is chosen here rather than read from the log, so that any log level works.
   const port = Number(env.MTAD_PORT);
   let up = false;
@@ -363,16 +379,13 @@ async function startMtad(extraEnv = {}) {
     await sleep(50);
     up = await canConnect(port);
   }
-  if (!up) { proc.kill(); throw new Error(`mtad did not start:\n${fs.readFileSync(logFile, 'utf8')}`); }
+  if (!up) { const log = fs.readFileSync(logFile, 'utf8'); await stop(); throw new Error(`mtad did not start:\n${log}`); }
   return {
     name: 'mtad', port, pid: proc.pid, spool, dir, logFile,
     mailboxDir: spool,
     peak: 'hwm',
     async quiesce() { /* 250 means delivered: nothing in flight once the client is done */ },
-    async stop() {
-      if (!exited) { proc.kill('SIGTERM'); await new Promise((r) => proc.once('exit', r)); }
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
+    stop,
   };
 }
 
@@ -404,6 +417,7 @@ async function startPostfix() {
   const script = path.join(PEERS, 'postfix-instance.sh');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-pf-'));
   fs.rmdirSync(dir);
+  const stop = whenDone('postfix', async () => { execFileSync(script, ['destroy', dir], { stdio: ['ignore', 'ignore', 'inherit'] }); });
   execFileSync(script, ['create', dir, String(PF_PORT)], { env: { ...process.env, LOG: 'none' }, stdio: ['ignore', 'ignore', 'inherit'] });
   execFileSync(script, ['start', dir], { stdio: ['ignore', 'ignore', 'inherit'] });
   const pid = Number(execFileSync(script, ['pids', dir], { encoding: 'utf8' }).split('\n')[0]);
@@ -413,7 +427,7 @@ async function startPostfix() {
     mailboxDir: path.join(dir, 'mail'),
     peak: 'tree',
     async quiesce() { execFileSync(script, ['wait-empty', dir, '300'], { stdio: 'inherit' }); },
-    async stop() { execFileSync(script, ['destroy', dir], { stdio: ['ignore', 'ignore', 'inherit'] }); },
+    stop,
   };
 }
 
@@ -427,17 +441,19 @@ async function startCeiling(mode, port) {
   const proc = spawn(process.execPath, [path.join(ceiling, 'server.js'), mode, String(port), ...(dir ? [dir] : [])], {
     env: { ...process.env, GREETING_DELAY_MS: '0', GROUP_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
   });
+  let exited = false;
+  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
+  const stop = whenDone(mode, async () => {
+    if (!exited) { proc.kill('SIGTERM'); await gone; }
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
   for (let i = 0; i < 100 && !(await canConnect(port)); i++) await sleep(50);
   return {
     name: mode === 'sink' ? 'sink' : 'agroup', port, pid: proc.pid, mailboxDir: dir, peak: 'hwm',
     // one append per message into all.mbox, whatever the recipients
     mailboxesFor: () => ['all.mbox'],
     async quiesce() {},
-    async stop() {
-      proc.kill('SIGTERM');
-      await new Promise((r) => proc.once('exit', r));
-      if (dir) fs.rmSync(dir, { recursive: true, force: true });
-    },
+    stop,
   };
 }
 const startSink = () => startCeiling('sink', SINK_PORT);
@@ -667,8 +683,15 @@ async function main() {
   const results = new Map();
   const mem = {};
   const started = [];
-  const stopAll = async () => { for (const t of started.splice(0)) await t.stop().catch((e) => console.error(`stop ${t.name}: ${e.message}`)); };
-  process.on('SIGINT', () => { void stopAll().then(() => process.exit(130)); });
+  let signalled = false;
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]]) {
+    process.on(sig, () => {
+      if (signalled) process.exit(code); // a second one: at once
+      signalled = true;
+      console.error(`bench: ${sig}: stopping the ${live.size} server(s) it started`);
+      void stopLive().then(() => process.exit(code));
+    });
+  }
   try {
     if (MATRIX) {
       const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink, agroup: startAgroup };
@@ -677,21 +700,19 @@ async function main() {
       for (const [, start] of targets) started.push(await start());
       process.stderr.write(`# matrix: ${names.join(', ')} ${new Date().toISOString()}\n`);
       for (const [name, r] of await runMatrix([...started])) results.set(name, r);
-      await stopAll();
+      await stopLive();
     }
     if (MEMORY) {
       process.stderr.write(`# memory ${new Date().toISOString()}\n`);
       const t = await startMtad({ MTAD_MAX_CLIENTS: '1100', MTAD_MAX_MESSAGE_SIZE: String(64 << 20) });
-      started.push(t);
       mem.idle = await idleConnections(t, 1000);
       await sleep(1000);
       mem.big = await bigMessage(t, 50);
       record({ memory: mem });
       await t.stop();
-      started.splice(started.indexOf(t), 1);
     }
   } finally {
-    await stopAll();
+    await stopLive();
   }
   if (MATRIX) printTables(results);
   if (MEMORY) {
@@ -701,6 +722,14 @@ async function main() {
   }
   printTargets(results, mem);
   console.log(`\n(bench took ${((Date.now() - t0) / 60000).toFixed(1)} min: node test/bench/bench.mjs ${argv.join(' ')})`);
+  // A figure from a run that lost, duplicated or invented mail is no figure: say so and fail.
+  const failed = [...results].flatMap(([name, r]) => [...r.values()].filter((c) => c.verify !== 'ok' && c.verify !== 'n/a')
+    .map((c) => `${name} ${c.conn} S=${c.S} L=${c.L} rcpt=${c.K}: ${c.verify}`));
+  if (mem.big && mem.big.verify !== 'ok') failed.push(`memory, one 50 MiB message: ${mem.big.verify}`);
+  if (failed.length) {
+    console.error(`bench: ${failed.length} cell(s) failed verification:\n  ${failed.join('\n  ')}`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch((e) => { console.error(`bench: ${e.message}`); process.exit(1); });
