@@ -66,11 +66,37 @@ export function hashPassword(password: string): string {
 }
 
 export function verifyPassword(password: string, stored: string): boolean {
-  const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored);
-  if (!m) return false;
-  const expected = Buffer.from(m[5], 'base64');
-  const got = crypto.scryptSync(password, Buffer.from(m[4], 'base64'), expected.length, {
-    N: Number(m[1]), r: Number(m[2]), p: Number(m[3]),
+  const h = parseHash(stored);
+  if (!h) return false;
+  const got = crypto.scryptSync(password, h.salt, h.hash.length, h.params);
+  return crypto.timingSafeEqual(h.hash, got);
+}
+
+// Checked in place of a user who does not exist, has no password ("!") or an
+// unreadable hash: the same scrypt work and the same answer, so that neither
+// the reply nor its timing tells a guesser which names are real.
+const NOBODY_HASH = `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(SCRYPT.keylen).toString('base64')}`;
+
+/**
+ * verifyPassword for the daemon: scrypt runs on libuv's thread pool, not on the
+ * event loop. `stored` undefined (no such user) costs the same as a real check.
+ */
+export async function checkPassword(password: string, stored: string | undefined): Promise<boolean> {
+  const real = stored !== undefined ? parseHash(stored) : null;
+  const h = real ?? parseHash(NOBODY_HASH)!;
+  const got = await new Promise<Buffer | null>((resolve) => {
+    // A hash with parameters scrypt refuses is a failed login like any other.
+    try {
+      crypto.scrypt(password, h.salt, h.hash.length, h.params, (err, key) => resolve(err ? null : key));
+    } catch {
+      resolve(null);
+    }
   });
-  return crypto.timingSafeEqual(expected, got);
+  return got !== null && crypto.timingSafeEqual(h.hash, got) && real !== null;
+}
+
+function parseHash(stored: string): { salt: Buffer; hash: Buffer; params: { N: number; r: number; p: number } } | null {
+  const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored);
+  if (!m) return null;
+  return { salt: Buffer.from(m[4], 'base64'), hash: Buffer.from(m[5], 'base64'), params: { N: Number(m[1]), r: Number(m[2]), p: Number(m[3]) } };
 }

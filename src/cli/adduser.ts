@@ -3,7 +3,7 @@ import { createMailbox, readUsersFile, StoreError, updateUsersFile } from '../ac
 import { isValidName, NAME_MAX } from '../accounts/names';
 import { hashPassword } from '../accounts/users';
 import { loadConfig } from '../config';
-import { ask } from './prompt';
+import { ask, askNewPassword } from './prompt';
 import { CliError, EX, runMain, VERSION } from './common';
 
 const USAGE = `usage: mta-adduser [--disabled-password] [--gecos "Full Name"] NAME
@@ -43,12 +43,7 @@ runMain('mta-adduser', async (argv) => {
 
   let password = '!';
   if (!disabled) {
-    const p1 = await ask('New password: ', true);
-    const p2 = await ask('Retype new password: ', true);
-    if (p1 === null || p2 === null) throw new CliError('no password given (use --disabled-password for none)', EX.DATAERR);
-    if (p1 !== p2) throw new CliError('Sorry, passwords do not match.', EX.FAIL);
-    if (p1 === '') throw new CliError('No password has been supplied (use --disabled-password for none).', EX.DATAERR);
-    password = hashPassword(p1);
+    password = hashPassword(await askNewPassword('use --disabled-password for none'));
   }
   if (gecos === undefined && process.stdin.isTTY) gecos = (await ask('Full Name []: ')) ?? '';
 

@@ -1,6 +1,7 @@
 // Reading answers the way adduser does: passwords without echo on a terminal;
 // from a pipe, one answer a line (so scripts can feed them).
 import readline from 'node:readline';
+import { CliError, EX } from './common';
 
 let piped: string[] | null = null;
 let pipedRead: Promise<void> | null = null;
@@ -51,4 +52,14 @@ export async function ask(question: string, hidden = false): Promise<string | nu
     };
     stdin.on('data', onData);
   });
+}
+
+/** Asks for a new password twice, as adduser and passwd do; `none` says how to have no password instead. */
+export async function askNewPassword(none: string): Promise<string> {
+  const p1 = await ask('New password: ', true);
+  const p2 = await ask('Retype new password: ', true);
+  if (p1 === null || p2 === null) throw new CliError(`no password given (${none})`, EX.DATAERR);
+  if (p1 !== p2) throw new CliError('Sorry, passwords do not match.', EX.FAIL);
+  if (p1 === '') throw new CliError(`No password has been supplied (${none}).`, EX.DATAERR);
+  return p1;
 }
