@@ -1,9 +1,10 @@
 // mbox format, as pure functions. One entry is:
-//   From <sender>  <asctime>\n  Return-Path  Delivered-To  <message>  \n
+//   From <sender>  <asctime>\n  Return-Path  Delivered-To  X-UIDL  <message>  \n
 // where the message has LF line ends and every line matching ^>*From is given
 // one more ">" (mboxrd: reversible, and every mboxo reader still sees a
 // quoted line). All other bytes are kept exactly: the encoder works on Buffers.
 
+import { randomUUID } from 'node:crypto';
 import { asciiBytes, printable } from '../text';
 
 const LF = 0x0a;
@@ -41,16 +42,24 @@ export function fromLineSender(sender: string): string {
 }
 
 /**
- * What goes before the message in one mailbox: From_ line, Return-Path, Delivered-To.
+ * What goes before the message in one mailbox: From_ line, Return-Path, Delivered-To,
+ * and X-UIDL, the id POP3 gives the message (unique, and kept when others are
+ * removed; Dovecot's pop3_reuse_xuidl gives the same one).
  * SMTP refuses envelopes outside printable ASCII, but a queue file written by an
  * older mtad may hold one: every piece goes through printable() here all the same.
  */
-export function entryPrefix(sender: string, deliveredTo: string, when: Date): Buffer {
+export function entryPrefix(sender: string, deliveredTo: string, when: Date, uidl: string = newUidl()): Buffer {
   return asciiBytes(
     `From ${fromLineSender(sender)}  ${asctime(when)}\n` +
     `Return-Path: <${printable(sender)}>\n` +
-    `Delivered-To: ${printable(deliveredTo)}\n`,
+    `Delivered-To: ${printable(deliveredTo)}\n` +
+    `X-UIDL: ${uidl}\n`,
   );
+}
+
+/** 128 random bits as 32 hex digits: unique in any mailbox without a counter to keep. */
+export function newUidl(): string {
+  return randomUUID().replace(/-/g, '');
 }
 
 /** What goes after the message: the empty line that ends an mbox entry. */

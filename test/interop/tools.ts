@@ -85,13 +85,13 @@ export async function waitForListener(port: number, timeoutMs = 15000): Promise<
 }
 
 /**
- * The three trace fields mtad puts before a message (Return-Path, Delivered-To,
- * Received with its continuation lines) taken off, leaving the message as the
+ * The trace fields mtad puts before a message (Return-Path, Delivered-To,
+ * X-UIDL, Received with its continuation lines) taken off, leaving the message as the
  * client sent it, in mbox form. Null when they are not there as expected.
  */
 export function withoutTrace(raw: Buffer): Buffer | null {
   const text = raw.toString('latin1');
-  const m = /^Return-Path: <[^>\n]*>\nDelivered-To: [^\n]+\nReceived: [^\n]*\n(?:[ \t][^\n]*\n)*/.exec(text);
+  const m = /^Return-Path: <[^>\n]*>\nDelivered-To: [^\n]+\nX-UIDL: [0-9a-f]{32}\nReceived: [^\n]*\n(?:[ \t][^\n]*\n)*/.exec(text);
   return m ? raw.subarray(m[0].length) : null;
 }
 

@@ -59,8 +59,8 @@ describe('mbox encoding', () => {
   it('writes the From_ line like Postfix, MAILER-DAEMON for the null sender', () => {
     const d = new Date(2026, 10, 7, 9, 5, 3);
     expect(asctime(d)).toBe('Sat Nov  7 09:05:03 2026');
-    expect(entryPrefix('', 'alice@lab.test', d).toString()).toBe(
-      'From MAILER-DAEMON  Sat Nov  7 09:05:03 2026\nReturn-Path: <>\nDelivered-To: alice@lab.test\n');
+    expect(entryPrefix('', 'alice@lab.test', d, '0123abcd').toString()).toBe(
+      'From MAILER-DAEMON  Sat Nov  7 09:05:03 2026\nReturn-Path: <>\nDelivered-To: alice@lab.test\nX-UIDL: 0123abcd\n');
     expect(entryPrefix('a b@x', 'bob@lab.test', d).toString().split('\n')[0]).toBe('From a_b@x  Sat Nov  7 09:05:03 2026');
   });
 
