@@ -52,6 +52,8 @@ export class Deliverer {
   private writers = new Map<string, MailboxWriter>();
   private active = 0;
   private idleWaiters: Array<() => void> = [];
+  /** Per mailbox, the end of the last turn taken: appends and exclusive() users queue behind it. */
+  private turns = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: DelivererOptions) {}
 
@@ -83,6 +85,33 @@ export class Deliverer {
     return !!st && st.size >= limit;
   }
 
+  /**
+   * Runs `fn` while no append to `mailbox` is in progress and none starts: the
+   * in-process part of the mailbox's lock, for POP3's snapshot and removal.
+   */
+  async exclusive<T>(mailbox: string, fn: () => Promise<T>): Promise<T> {
+    const done = await this.turn(mailbox);
+    try {
+      return await fn();
+    } finally {
+      done();
+    }
+  }
+
+  /** Waits for the mailbox's turn (first come, first served); returns the release. */
+  private async turn(mailbox: string): Promise<() => void> {
+    const before = this.turns.get(mailbox) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => { release = r; });
+    const after = before.then(() => mine);
+    this.turns.set(mailbox, after);
+    await before;
+    return () => {
+      release();
+      if (this.turns.get(mailbox) === after) this.turns.delete(mailbox);
+    };
+  }
+
   mailboxPath(mailbox: string): string {
     return path.join(this.opts.spoolDir, mailbox);
   }
@@ -92,6 +121,7 @@ export class Deliverer {
     this.active++;
     try {
       while (w.waiting.length) {
+        const done = await this.turn(mailbox);
         let mb: LockedMailbox;
         try {
           mb = await LockedMailbox.open(this.mailboxPath(mailbox), {
@@ -102,6 +132,7 @@ export class Deliverer {
             onLockCompromised: (err) => log.warn(`dotlock of mailbox ${mailbox} compromised: ${err.message}`),
           });
         } catch (err) {
+          done();
           const outcome: Outcome = { ok: false, error: err as DeliveryError };
           for (const b of takeBatch(w.waiting)) b.resolve(outcome);
           continue;
@@ -130,6 +161,7 @@ export class Deliverer {
           } while (await this.more(w, held));
         } finally {
           await mb.close();
+          done();
         }
       }
     } finally {

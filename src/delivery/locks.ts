@@ -192,7 +192,7 @@ function rollBackTornAppend(mailbox: string, record: string): number | { why: st
 const START_LOCK_WAIT_MS = 2000;
 
 /** Start-up is synchronous: poll for the fcntl lock, sleeping without the event loop. */
-function waitForFcntlSync(fd: number, ms: number): boolean {
+export function waitForFcntlSync(fd: number, ms: number): boolean {
   const deadline = Date.now() + ms;
   const pause = new Int32Array(new SharedArrayBuffer(4));
   while (!tryLock(fd)) {

@@ -1,0 +1,300 @@
+// Reading an mbox back, for POP3 and any tool that lists or removes messages.
+// scanMailbox finds the entries of a mailbox (a line starting "From " begins
+// one, as in mtad's mboxrd and in Python's mailbox) and measures each one as
+// POP3 sends it; WireEncoder turns the stored bytes back into the message as
+// the SMTP client sent it: mboxrd quoting undone, LF back to CRLF, then
+// dot-stuffed for the wire (RFC 1939 section 3).
+import crypto from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+
+const LF = 0x0a;
+const GT = 0x3e;
+const DOT = 0x2e;
+const FROM = Buffer.from('From ');
+const CRLF = Buffer.from('\r\n');
+const READ_CHUNK = 1024 * 1024;
+// Enough of a line's start to recognise the header lines below.
+const HEAD = 128;
+
+/** One message of a mailbox, as byte offsets in the file. */
+export interface StoredMessage {
+  /** Where its From_ line starts; the entry runs to the next one's start (or the end of the snapshot). */
+  start: number;
+  /** After the From_ line: the message itself. */
+  bodyStart: number;
+  /** End of the message, before the empty line that separates entries. */
+  end: number;
+  /** Octets of the message as RETR sends it, before dot-stuffing (RFC 1939 section 11). */
+  size: number;
+  /** The unique id mtad wrote into its entry (see entryPrefix), or null for others' messages. */
+  uidl: string | null;
+  /** Dovecot's "FOLDER INTERNAL DATA" entry: never listed, never removed. */
+  internal: boolean;
+}
+
+export interface MailboxScan {
+  messages: StoredMessage[];
+  /** SHA-256 of the bytes scanned: the same value later means nobody rewrote that part. */
+  fingerprint: string;
+}
+
+/** The header field mtad puts after Return-Path and Delivered-To: the message's POP3 UIDL. */
+export const UIDL_FIELD = 'X-UIDL';
+const UIDL_RE = /^X-UIDL: ([\x21-\x7e]{1,70})\r?$/;
+
+/** Reads bytes [0, size) of the mailbox open on `fh` and finds its messages. */
+export async function scanMailbox(fh: FileHandle, size: number): Promise<MailboxScan> {
+  const hash = crypto.createHash('sha256');
+  const scanner = new Scanner(size);
+  const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, size)));
+  let pos = 0;
+  while (pos < size) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+    if (bytesRead === 0) throw new Error(`mailbox ended at ${pos} bytes, ${size} expected`);
+    const chunk = buf.subarray(0, bytesRead);
+    hash.update(chunk);
+    scanner.push(chunk, pos);
+    pos += bytesRead;
+  }
+  const messages = scanner.finish();
+  await nameForeignMessages(fh, messages);
+  return { messages, fingerprint: hash.digest('hex') };
+}
+
+/** Only the fingerprint of bytes [0, size): to see whether a snapshot still holds. */
+export async function fingerprintOf(fh: FileHandle, size: number): Promise<string> {
+  const hash = crypto.createHash('sha256');
+  const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, size)));
+  for (let pos = 0; pos < size;) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+    if (bytesRead === 0) break;
+    hash.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+  return hash.digest('hex');
+}
+
+interface Open {
+  start: number;
+  bodyStart: number;
+  lfs: number;
+  quoted: number;
+  headerLine: number;
+  inHeader: boolean;
+  uidl: string | null;
+  internal: boolean;
+  lastLineEmpty: boolean;
+  /** The snapshot ends inside this message's last line: RETR ends that line with CRLF. */
+  lastNoLF: boolean;
+}
+
+/** Line by line over chunks; only the first HEAD bytes of a line are ever kept. */
+class Scanner {
+  private messages: StoredMessage[] = [];
+  private cur: Open | null = null;
+  private lineStart = 0;
+  private head: Buffer[] = [];
+  private headLen = 0;
+
+  constructor(private readonly size: number) {}
+
+  push(chunk: Buffer, at: number): void {
+    let i = 0;
+    while (i < chunk.length) {
+      const lf = chunk.indexOf(LF, i);
+      const segEnd = lf < 0 ? chunk.length : lf;
+      if (this.headLen < HEAD) {
+        const take = chunk.subarray(i, Math.min(segEnd, i + HEAD - this.headLen));
+        this.head.push(take);
+        this.headLen += take.length;
+      }
+      if (lf < 0) break;
+      this.line(this.takeHead(), at + lf + 1);
+      this.lineStart = at + lf + 1;
+      i = lf + 1;
+    }
+  }
+
+  finish(): StoredMessage[] {
+    if (this.lineStart < this.size) this.line(this.takeHead(), this.size, true);
+    this.close(this.size);
+    return this.messages;
+  }
+
+  private takeHead(): Buffer {
+    const h = this.head.length === 1 ? this.head[0] : Buffer.concat(this.head);
+    this.head = [];
+    this.headLen = 0;
+    return h;
+  }
+
+  /** A line starting at this.lineStart and ending (after its LF) at `next`. */
+  private line(head: Buffer, next: number, noLF = false): void {
+    const start = this.lineStart;
+    if (head.length >= 5 && head[0] === 0x46 && head.subarray(0, 5).equals(FROM)) {
+      this.close(start);
+      this.cur = {
+        start, bodyStart: next, lfs: 0, quoted: 0, headerLine: 0, inHeader: true,
+        uidl: null, internal: false, lastLineEmpty: false, lastNoLF: false,
+      };
+      return;
+    }
+    const m = this.cur;
+    if (!m) return; // bytes before the first From_ line belong to no message
+    if (noLF) m.lastNoLF = true;
+    else m.lfs++;
+    m.lastLineEmpty = head.length === 0 && !noLF;
+    if (head[0] === GT && isQuotedFrom(head)) m.quoted++;
+    if (m.inHeader) {
+      if (head.length === 0) {
+        m.inHeader = false;
+        return;
+      }
+      const n = ++m.headerLine;
+      const text = head.toString('latin1');
+      // mtad's entry: Return-Path, Delivered-To, X-UIDL, in that order, written before any byte of the sender's.
+      if (n === 1 && !text.startsWith('Return-Path:')) m.headerLine = 99;
+      else if (n === 2 && !text.startsWith('Delivered-To:')) m.headerLine = 99;
+      else if (n === 3) m.uidl = UIDL_RE.exec(text)?.[1] ?? null;
+      if (m.start === 0 && /^X-IMAP(base)?:/i.test(text)) m.internal = true;
+    }
+  }
+
+  private close(end: number): void {
+    const m = this.cur;
+    if (!m) return;
+    this.cur = null;
+    // The empty line that ends an entry is the separator, not part of the message.
+    let stop = end;
+    let lfs = m.lfs;
+    if (m.lastLineEmpty && stop - 1 >= m.bodyStart) { stop--; lfs--; }
+    const len = stop - m.bodyStart;
+    const size = len + lfs - m.quoted + (len > 0 && m.lastNoLF ? 2 : 0);
+    this.messages.push({ start: m.start, bodyStart: m.bodyStart, end: stop, size, uidl: m.uidl, internal: m.internal });
+  }
+}
+
+function isQuotedFrom(head: Buffer): boolean {
+  let i = 0;
+  while (i < head.length && head[i] === GT) i++;
+  return i > 0 && head.length - i >= 5 && head.subarray(i, i + 5).equals(FROM);
+}
+
+/**
+ * Messages mtad did not write carry no X-UIDL: they are named by a hash of the
+ * entry (From_ line included), and identical entries by their order among
+ * themselves. Stable while nothing is removed between two identical copies.
+ */
+async function nameForeignMessages(fh: FileHandle, messages: StoredMessage[]): Promise<void> {
+  const seen = new Map<string, number>();
+  for (const m of messages) {
+    if (m.uidl !== null) continue;
+    const hash = crypto.createHash('sha256');
+    const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, m.end - m.start)));
+    for (let pos = m.start; pos < m.end;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, m.end - pos), pos);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+    const h = hash.digest('base64url').slice(0, 27);
+    const n = (seen.get(h) ?? 0) + 1;
+    seen.set(h, n);
+    m.uidl = n === 1 ? h : `${h}.${n}`;
+  }
+}
+
+/**
+ * From the stored message to the wire: a line ^>+From loses one ">" (mboxrd),
+ * every LF becomes CRLF, a line starting with "." gets another, and a last line
+ * without LF gets CRLF. `bodyLines` (TOP) stops after the header, the empty
+ * line and that many lines of the body.
+ */
+export class WireEncoder {
+  private atLineStart = true;
+  private gts = 0;
+  private fromMatched = 0;
+  private lineLen = 0;
+  private inHeader = true;
+  private left: number;
+  /** Set once TOP's lines are all out: the rest of the message is not wanted. */
+  done = false;
+
+  constructor(bodyLines: number | null = null) {
+    this.left = bodyLines ?? Infinity;
+  }
+
+  push(chunk: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(chunk.length * 2 + 16);
+    let o = 0;
+    const emit = (src: Buffer, s: number, e: number): void => { o += src.copy(out, o, s, e); };
+    const n = chunk.length;
+    let i = 0;
+    while (i < n && !this.done) {
+      if (this.atLineStart) {
+        const b = chunk[i];
+        if (this.fromMatched === 0 && b === GT) { this.gts++; i++; continue; }
+        if (this.gts > 0 && b === FROM[this.fromMatched]) {
+          i++;
+          if (++this.fromMatched === FROM.length) {
+            for (let k = 1; k < this.gts; k++) out[o++] = GT;
+            emit(FROM, 0, FROM.length);
+            this.lineLen += this.gts - 1 + FROM.length;
+            this.gts = 0; this.fromMatched = 0; this.atLineStart = false;
+          }
+          continue;
+        }
+        if (this.gts > 0) {
+          for (let k = 0; k < this.gts; k++) out[o++] = GT;
+          emit(FROM, 0, this.fromMatched);
+          this.lineLen += this.gts + this.fromMatched;
+          this.gts = 0; this.fromMatched = 0;
+        } else if (b === DOT) {
+          out[o++] = DOT;
+        }
+        this.atLineStart = false;
+        continue;
+      }
+      const lf = chunk.indexOf(LF, i);
+      if (lf < 0) {
+        emit(chunk, i, n);
+        this.lineLen += n - i;
+        i = n;
+        break;
+      }
+      emit(chunk, i, lf);
+      emit(CRLF, 0, 2);
+      this.lineLen += lf - i;
+      i = lf + 1;
+      this.endLine();
+    }
+    return out.subarray(0, o);
+  }
+
+  /** Whatever is held back, and CRLF when the last line had no line end. */
+  end(): Buffer {
+    if (this.done) return Buffer.alloc(0);
+    const parts: Buffer[] = [];
+    if (this.gts || this.fromMatched) {
+      parts.push(Buffer.alloc(this.gts, GT), FROM.subarray(0, this.fromMatched));
+      this.lineLen += this.gts + this.fromMatched;
+    }
+    if (!this.atLineStart || this.gts || this.fromMatched) parts.push(CRLF);
+    this.done = true;
+    return Buffer.concat(parts);
+  }
+
+  private endLine(): void {
+    this.atLineStart = true;
+    const empty = this.lineLen === 0;
+    this.lineLen = 0;
+    if (this.inHeader) {
+      if (empty) {
+        this.inHeader = false;
+        if (this.left === 0) this.done = true;
+      }
+    } else if (--this.left <= 0) {
+      this.done = true;
+    }
+  }
+}
