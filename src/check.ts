@@ -57,6 +57,16 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     const busy = await portInUse(config.host, config.port);
     if (busy) problem(`port ${config.port} on ${config.host} is already in use (another mail server, such as Postfix or Exim?)`, 69);
   }
+  if (config.pop3Port === null) row('pop3', 'off (MTAD_POP3_PORT)');
+  else {
+    const p3 = config.pop3Host.includes(':') ? `[${config.pop3Host}]` : config.pop3Host;
+    row('pop3 on', `${p3}:${config.pop3Port}${portNote(config.pop3Port)}${config.pop3PortFollows && config.pop3Port ? ' (MTAD_PORT + 85)' : ''}, logins with the users file's passwords, autologout after ${config.pop3IdleTimeout} s`);
+    if (config.pop3Port < 1024 && config.pop3Port > 0 && !isRoot() && !hasBindCapability()) {
+      problem(`POP3 port ${config.pop3Port} needs root (sudo node bin/mtad) or CAP_NET_BIND_SERVICE; or set MTAD_POP3_PORT=off, or MTAD_PORT=2525 (POP3 then on 2610)`, 77);
+    } else if (other === null && config.pop3Port !== 0 && await portInUse(config.pop3Host, config.pop3Port)) {
+      problem(`POP3 port ${config.pop3Port} on ${config.pop3Host} is already in use (Dovecot, or another POP3 server?): stop it, or set MTAD_POP3_PORT to another port or off`, 69);
+    }
+  }
   row('host name', config.hostname);
   const local = localNames(config);
   row('domains', config.domains.join(', '));
@@ -235,7 +245,7 @@ function checkDir(dir: string, who: Who, mayCreate: boolean, problem: (t: string
   }
   // Queue files someone else left (e.g. a root-run tool) would stop delivery of those messages.
   if (mayCreate) {
-    for (const sub of ['active', 'tmp', 'control', 'appending']) {
+    for (const sub of ['active', 'tmp', 'control', 'appending', 'removing']) {
       const d = path.join(dir, sub);
       const s = statOrNull(d);
       if (s && !allowed(s, who, 0o3)) problem(`${who.label} cannot write ${d}`, 77);

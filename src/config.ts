@@ -50,6 +50,12 @@ export interface Config {
   tlsKey: string | null;
   /** Refuse MAIL (SMTP) and USER/PASS/AUTH (POP3) until the session is encrypted. */
   tlsRequired: boolean;
+  /** POP3 port, or null when POP3 is off; `pop3PortFollows` when it was derived from MTAD_PORT, not chosen. */
+  pop3Port: number | null;
+  pop3PortFollows: boolean;
+  pop3Host: string;
+  pop3IdleTimeout: number; // seconds
+  pop3AuthDelay: number; // seconds
   /** The file the values came from, or null when none was read. */
   source: string | null;
 }
@@ -72,6 +78,7 @@ const KEYS = [
   'MTAD_TRANSACTION_TIMEOUT',
   'MTAD_STALE_LOCK_TIME',
   'MTAD_MAX_QUEUE_LIFETIME', 'MTAD_DELAY_WARNING',
+  'MTAD_POP3_PORT', 'MTAD_POP3_HOST', 'MTAD_POP3_IDLE_TIMEOUT', 'MTAD_POP3_AUTH_DELAY',
 ] as const;
 
 export const HOSTNAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -170,12 +177,16 @@ function parseRaw(raw: Raw): Config {
   }
   const tlsRequired = bool(get, 'MTAD_TLS_REQUIRED', false);
   if (tlsRequired && !tlsCert) fail('MTAD_TLS_REQUIRED', get('MTAD_TLS_REQUIRED')!, 'needs MTAD_TLS_CERT and MTAD_TLS_KEY');
+  const port = num(get, 'MTAD_PORT', 25, 0, 65535, true);
+  const pop3 = pop3Port(get, port);
+  const pop3Host = get('MTAD_POP3_HOST') ?? host;
+  if (!net.isIP(pop3Host)) fail('MTAD_POP3_HOST', pop3Host, 'is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::)');
 
   return {
     hostname,
     domains,
     host,
-    port: num(get, 'MTAD_PORT', 25, 0, 65535, true),
+    port,
     spoolDir,
     queueDir,
     usersFile: resolvePath(get('MTAD_USERS_FILE') ?? 'etc/users'),
@@ -207,8 +218,33 @@ function parseRaw(raw: Raw): Config {
     tlsRequired,
     maxQueueLifetime: duration(get, 'MTAD_MAX_QUEUE_LIFETIME', 5 * 86400, 1),
     delayWarning: duration(get, 'MTAD_DELAY_WARNING', 0, 0),
+    pop3Port: pop3.port,
+    pop3PortFollows: pop3.follows,
+    pop3Host,
+    // RFC 1939 section 3: an autologout timer of at least 10 minutes.
+    pop3IdleTimeout: num(get, 'MTAD_POP3_IDLE_TIMEOUT', 600, 600, 86400, false),
+    pop3AuthDelay: num(get, 'MTAD_POP3_AUTH_DELAY', 2, 0, 60, false),
     source: null,
   };
+}
+
+// POP3 sits 85 above SMTP when only MTAD_PORT was chosen: 25 gives 110, the
+// unprivileged 2525 gives 2610 and 1025 gives 1110 (the test catchers' pair), and
+// 0 (any free port) gives 0. A user who moved SMTP never has to think of 110.
+const POP3_OFFSET = 85;
+
+function pop3Port(get: (k: string) => string | undefined, smtpPort: number): { port: number | null; follows: boolean } {
+  const v = get('MTAD_POP3_PORT');
+  if (v !== undefined) {
+    if (/^(off|no|none)$/i.test(v)) return { port: null, follows: false };
+    const n = num(get, 'MTAD_POP3_PORT', 110, 0, 65535, true);
+    // 0 means off, as in Postfix's "0 disables"; any free port is for tests, which set MTAD_PORT=0.
+    return { port: n === 0 ? null : n, follows: false };
+  }
+  if (smtpPort === 25) return { port: 110, follows: false };
+  if (smtpPort === 0) return { port: 0, follows: true };
+  if (smtpPort + POP3_OFFSET > 65535) return { port: null, follows: true };
+  return { port: smtpPort + POP3_OFFSET, follows: true };
 }
 
 function resolvePath(p: string): string {

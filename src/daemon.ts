@@ -10,6 +10,8 @@ import { Config, describeErrno, ROOT } from './config';
 import { DeliveryAgent } from './delivery/agent';
 import { Deliverer } from './delivery/deliverer';
 import { sweepStaleLocks } from './delivery/locks';
+import { redoRemovals } from './delivery/removal';
+import { Pop3Server } from './pop3/server';
 import { log, setLogLevel } from './log';
 import { Queue } from './queue/queue';
 import { createSmtpServer, localNames } from './smtp/server';
@@ -48,18 +50,33 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const receiving = new Set<Promise<unknown>>();
   const tls = loadTls(config);
   const server = createSmtpServer({ config, queue, agent, directory, receiving, tls });
-
-  const address = await listen(server, config, () => {
-    if (!runAs) return;
-    dropPrivileges(runAs);
-    // Read again as the user mtad now is: a key only root can read would work until the first SIGHUP.
-    try {
-      tls?.loadSync();
-    } catch (err) {
-      throw new StartupError(`mtad: user ${userLabel(runAs)}, which mtad runs as, cannot use the TLS files: ${(err as Error).message} ` +
-        `(chown ${runAs.name || runAs.uid} ${config.tlsKey}; chmod 600 ${config.tlsKey})`, 77);
-    }
+  const pop3 = config.pop3Port === null ? null : new Pop3Server({
+    config,
+    users: async () => (await directory()).users,
+    maildrop: { spoolDir: config.spoolDir, deliverer, lockTimeoutMs: config.lockTimeout * 1000, journalDir: removalDir(config) },
   });
+
+  // POP3 is bound first and reads nothing until start(): SMTP's bind drops root at once.
+  const pop3Address = pop3 ? await listenPop3(pop3, config) : null;
+  let address: AddressInfo;
+  try {
+    address = await listen(server, config, () => {
+      if (runAs) {
+        dropPrivileges(runAs);
+        // Read again as the user mtad now is: a key only root can read would work until the first SIGHUP.
+        try {
+          tls?.loadSync();
+        } catch (err) {
+          throw new StartupError(`mtad: user ${userLabel(runAs)}, which mtad runs as, cannot use the TLS files: ${(err as Error).message} ` +
+            `(chown ${runAs.name || runAs.uid} ${config.tlsKey}; chmod 600 ${config.tlsKey})`, 77);
+        }
+      }
+      pop3?.start();
+    });
+  } catch (err) {
+    pop3?.net.close();
+    throw err;
+  }
   const pidFds: number[] = [];
   try {
     checkSpoolAccess(config, runAs);
@@ -69,6 +86,11 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     checkQueueAccess(config, runAs);
     pidFds.push(await takePidLock('queue', config.queueDir));
     queue.initSync();
+    // A POP3 removal a kill interrupted is finished before the locks it left are swept.
+    for (const r of redoRemovals(config.spoolDir, removalDir(config))) {
+      if (r.why) log.warn(`mailbox ${r.mailbox}: a POP3 removal was interrupted by a crash, but ${r.why}; left as it is (record kept in ${removalDir(config)})`);
+      else log.info(`mailbox ${r.mailbox}: finished a POP3 removal interrupted by a crash (${r.done} bytes removed)`);
+    }
     const swept = sweepStaleLocks(config.spoolDir, queue.appendingDir, config.staleLockTime * 1000);
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
@@ -81,6 +103,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     }
   } catch (err) {
     server.close();
+    pop3?.net.close();
     for (const fd of pidFds) fs.closeSync(fd);
     throw err;
   }
@@ -88,6 +111,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const who = process.getuid ? `${userLabel(runAs)} (uid ${process.getuid()})` : 'this user';
   const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   if (adopted) log.info(`gave the spool ${config.spoolDir} to ${userLabel(runAs)}, the user mtad runs as`);
+  if (pop3Address) {
+    log.info(`POP3 on ${pop3Address.family === 'IPv6' ? `[${pop3Address.address}]` : pop3Address.address}:${pop3Address.port}` +
+      `${config.pop3PortFollows && config.port !== 0 ? ` (MTAD_PORT + 85; MTAD_POP3_PORT chooses another, off turns it off)` : ''}`);
+  }
   log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
     `spool ${config.spoolDir}, running as ${who}`);
   if (tls) {
@@ -102,7 +129,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     close() {
       closing ??= (async () => {
         log.info('stopping: no new connections; waiting for transactions and deliveries');
-        await new Promise<void>((resolve) => server.close(() => resolve()));
+        await Promise.all([new Promise<void>((resolve) => server.close(() => resolve())), pop3?.close()]);
         while (receiving.size) await Promise.allSettled([...receiving]);
         await agent.close();
         for (const fd of pidFds) fs.closeSync(fd);
@@ -163,6 +190,42 @@ async function takePidLock(what: 'spool' | 'queue', dir: string): Promise<number
   }
   if ('fd' in lock) return lock.fd;
   throw new StartupError(`mtad: another mtad${lock.holder ? ` (pid ${lock.holder})` : ''} is already running on the ${what} ${dir}`, 75);
+}
+
+/** Where POP3 removals keep their record and tail while they run (see delivery/removal.ts). */
+function removalDir(config: Config): string {
+  return path.join(config.queueDir, 'removing');
+}
+
+function listenPop3(pop3: Pop3Server, config: Config): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    // Without root, SMTP's low port fails too: its message (and its advice, which moves POP3 with it) comes first.
+    const onError = (err: NodeJS.ErrnoException): void => reject((err.code === 'EACCES' || err.code === 'EPERM') && config.port > 0 && config.port < 1024
+      ? bindError(err, config) : pop3BindError(err, config));
+    pop3.net.once('error', onError);
+    pop3.net.listen(config.pop3Port!, config.pop3Host, () => {
+      pop3.net.off('error', onError);
+      resolve(pop3.net.address() as AddressInfo);
+    });
+  });
+}
+
+function pop3BindError(err: NodeJS.ErrnoException, config: Config): StartupError {
+  const where = `POP3 port ${config.pop3Port} on ${config.pop3Host}`;
+  // A port that followed MTAD_PORT was not the user's choice: say where it came from.
+  const why = config.pop3PortFollows ? ` (MTAD_PORT ${config.port} + 85)` : '';
+  const other = config.pop3Port === 2610 ? 2611 : 2610;
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return new StartupError(`mtad: ${where}${why} is already in use (Dovecot, or another POP3 server?): stop it, or set MTAD_POP3_PORT=${other}, or MTAD_POP3_PORT=off`, 69);
+    case 'EACCES':
+    case 'EPERM':
+      return new StartupError(`mtad: ${where}${why} needs root: run sudo node bin/mtad, or set MTAD_PORT=2525 (POP3 then on 2610)`, 77);
+    case 'EADDRNOTAVAIL':
+      return new StartupError(`mtad: MTAD_POP3_HOST=${config.pop3Host} is not an address of this machine`, 78);
+    default:
+      return new StartupError(`mtad: cannot listen on ${where}: ${err.code ?? err.message}`, 71);
+  }
 }
 
 function bindError(err: NodeJS.ErrnoException, config: Config): StartupError {

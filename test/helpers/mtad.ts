@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, expect } from 'vitest';
+import { hashPassword } from '../../src/accounts/users';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const HOSTNAME = 'lab.test';
@@ -13,6 +14,8 @@ export const RUN_AS = 'nobody';
 
 export interface MtadOptions {
   users?: string[];
+  /** Passwords of some of those users (the others have none: "!"). */
+  passwords?: Record<string, string>;
   aliases?: string;
   env?: Record<string, string>;
   /** Reuse an existing temp dir (spool, queue and account files), e.g. to restart on the same spool. */
@@ -25,6 +28,8 @@ export interface MtadOptions {
 
 export interface Mtad {
   port: number;
+  /** The POP3 port (null when MTAD_POP3_PORT turned it off). */
+  pop3Port: number | null;
   pid: number;
   dir: string;
   spool: string;
@@ -57,7 +62,8 @@ export function makeInstance(opts: MtadOptions = {}): string {
   const spool = path.join(dir, 'spool');
   fs.mkdirSync(spool, { mode: 0o755 });
   const users = path.join(dir, 'users');
-  const body = (opts.users ?? ['alice', 'bob']).map((u) => `${u}:!:${u[0].toUpperCase()}${u.slice(1)} Test\n`).join('');
+  const pw = (u: string): string => (opts.passwords?.[u] !== undefined ? hashPassword(opts.passwords[u]) : '!');
+  const body = (opts.users ?? ['alice', 'bob']).map((u) => `${u}:${pw(u)}:${u[0].toUpperCase()}${u.slice(1)} Test\n`).join('');
   fs.writeFileSync(users, body, { mode: 0o640 });
   fs.writeFileSync(path.join(dir, 'aliases'), opts.aliases ?? 'MAILER-DAEMON: postmaster\n', { mode: 0o644 });
   if (isRoot()) {
@@ -114,8 +120,11 @@ export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
 
   const line = await waitForLog(/listening on /);
   const port = Number(/listening on \S+:(\d+)/.exec(line)![1]);
+  // Printed before "listening on", so already in the output.
+  const pop3 = /POP3 on \S+:(\d+)/.exec(out);
   return {
     port,
+    pop3Port: pop3 ? Number(pop3[1]) : null,
     pid: proc.pid!,
     dir,
     spool: env.MTAD_SPOOL_DIR!,

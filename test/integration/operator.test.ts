@@ -75,6 +75,29 @@ describe('mtad refuses bad set-ups plainly', () => {
     expectOneLine(r, /^mtad: port 25 on 127\.0\.0\.1 needs root: run sudo node bin\/mtad, or set MTAD_PORT=2525$/);
   });
 
+  it('says the POP3 port is taken, and how to choose another or turn POP3 off', async () => {
+    const squatter = net.createServer();
+    await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+    const port = (squatter.address() as net.AddressInfo).port;
+    const r = runMtad(instanceEnv(instance(), { MTAD_POP3_PORT: String(port) }));
+    squatter.close();
+    expect(r.status).toBe(69);
+    expectOneLine(r, new RegExp(`^mtad: POP3 port ${port} on 127\\.0\\.0\\.1 is already in use \\(Dovecot, or another POP3 server\\?\\): stop it, or set MTAD_POP3_PORT=2610, or MTAD_POP3_PORT=off$`));
+  });
+
+  it('puts POP3 at MTAD_PORT + 85 when only MTAD_PORT is set, and nowhere with MTAD_POP3_PORT=off', async () => {
+    const port = await freePortPair();
+    const m = await startMtad({ env: { MTAD_PORT: String(port) } });
+    expect(m.output()).toContain(`POP3 on 127.0.0.1:${port + 85} (MTAD_PORT + 85; MTAD_POP3_PORT chooses another, off turns it off)`);
+    expect(m.pop3Port).toBe(port + 85);
+    expect((await m.stop()).code).toBe(0);
+    removeInstance(m.dir);
+    const off = await startMtad({ env: { MTAD_POP3_PORT: 'off' } });
+    expect(off.pop3Port).toBeNull();
+    expect((await off.stop()).code).toBe(0);
+    removeInstance(off.dir);
+  });
+
   it('says when the spool is missing', () => {
     const dir = instance();
     const missing = runMtad(instanceEnv(dir, { MTAD_SPOOL_DIR: path.join(dir, 'nope') }));
@@ -129,3 +152,22 @@ describe('mtad refuses bad set-ups plainly', () => {
     return new Promise<void>((resolve) => bad.on('exit', (code) => { expect(code).toBe(64); resolve(); }));
   });
 });
+
+/** A free port p (from the kernel's ephemeral range) with p + 85 free too, as far as a bind can tell. */
+async function freePortPair(): Promise<number> {
+  const tryBind = (port: number): Promise<net.Server | null> => new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(null));
+    s.listen(port, '127.0.0.1', () => resolve(s));
+  });
+  for (;;) {
+    const a = await tryBind(0);
+    const port = (a!.address() as net.AddressInfo).port;
+    const b = port + 85 <= 65535 ? await tryBind(port + 85) : null;
+    a!.close();
+    if (b) {
+      await new Promise((r) => b.close(r));
+      return port;
+    }
+  }
+}
