@@ -65,7 +65,7 @@ describe('sendmail: a message from a local program', () => {
     const msg = 'From: Someone <someone@lab.test>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <fixed@lab.test>\r\nSubject: complete\r\n\r\nbody\r\n';
     expect(sendmail(mtad, ['carol'], msg).status).toBe(0);
     const [m] = box(mtad, 'carol');
-    expect(m.headers.map(([k]) => k)).toEqual(['Return-Path', 'Delivered-To', 'Received', 'From', 'Date', 'Message-ID', 'Subject']);
+    expect(m.headers.map(([k]) => k)).toEqual(['Return-Path', 'Delivered-To', 'X-UIDL', 'Received', 'From', 'Date', 'Message-ID', 'Subject']);
     expect(m.body.toString()).toBe('body\n');
   });
 

@@ -66,7 +66,7 @@ describe('mail programs using bin/sendmail', () => {
 
     const [m, ...more] = readMbox(mtad.mailbox('alice')).filter((x) => x.header('Subject') === subject);
     expect(more).toEqual([]);
-    expect(m.headers.slice(0, 3).map(([k]) => k)).toEqual(['Return-Path', 'Delivered-To', 'Received']);
+    expect(m.headers.slice(0, 4).map(([k]) => k)).toEqual(['Return-Path', 'Delivered-To', 'X-UIDL', 'Received']);
     expect(m.header('Received')).toMatch(new RegExp(`^by ${HOSTNAME} \\(mtad, from userid ${process.getuid!()}\\)`));
     const split = sent.indexOf('\n\n');
     const sentHeader = sent.subarray(0, split + 1).toString('latin1');
