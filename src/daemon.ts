@@ -53,7 +53,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   const pop3 = config.pop3Port === null ? null : new Pop3Server({
     config,
     users: async () => (await directory()).users,
-    maildrop: { spoolDir: config.spoolDir, deliverer, lockTimeoutMs: config.lockTimeout * 1000, journalDir: removalDir(config) },
+    maildrop: { spoolDir: config.spoolDir, deliverer, lockTimeoutMs: config.lockTimeout * 1000, staleLockMs: config.staleLockTime * 1000, journalDir: removalDir(config) },
   });
 
   // POP3 is bound first and reads nothing until start(): SMTP's bind drops root at once.

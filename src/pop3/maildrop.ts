@@ -17,6 +17,8 @@ export interface MaildropContext {
   spoolDir: string;
   deliverer: Deliverer;
   lockTimeoutMs: number;
+  /** A dotlock untouched this long is broken (MTAD_STALE_LOCK_TIME), as delivery does. */
+  staleLockMs: number;
   /** Where removals keep their tail and record (the queue's removing/). */
   journalDir: string;
 }
@@ -133,7 +135,7 @@ async function withLocks<T>(fh: FileHandle, file: string, ctx: MaildropContext, 
   const deadline = Date.now() + ctx.lockTimeoutMs;
   await lockFcntl(fh.fd, file, deadline);
   try {
-    const release = await lockDotlock(file, deadline, (err) => log.warn(`dotlock of mailbox ${path.basename(file)} compromised: ${err.message}`));
+    const release = await lockDotlock(file, deadline, ctx.staleLockMs, (err) => log.warn(`dotlock of mailbox ${path.basename(file)} compromised: ${err.message}`));
     try {
       return await fn();
     } finally {

@@ -3,6 +3,7 @@
 // given up, it reads no client byte until start() is called after the drop.
 import net from 'node:net';
 import type { User } from '../accounts/users';
+import { ClientCounter } from '../clients';
 import type { Config } from '../config';
 import { log } from '../log';
 import type { MaildropContext } from './maildrop';
@@ -19,10 +20,11 @@ export class Pop3Server {
   private started = false;
   private waiting: net.Socket[] = [];
   private sessions = new Set<Pop3Session>();
-  private perIp = new Map<string, number>();
+  private readonly perIp: ClientCounter;
   private inUse = new Set<string>();
 
   constructor(private readonly deps: Pop3Deps) {
+    this.perIp = new ClientCounter(deps.config.maxClientsPerIp);
     // Paused: nothing is read from a client until a session takes the socket.
     this.net = net.createServer({ pauseOnConnect: true }, (socket) => {
       if (this.started) this.accept(socket);
@@ -42,15 +44,14 @@ export class Pop3Server {
     const ip = socket.remoteAddress ?? '';
     socket.on('error', () => undefined);
     if (!ip) { socket.destroy(); return; } // gone before we looked
-    const tooMany = config.maxClients && this.sessions.size >= config.maxClients ? 'in all'
-      : config.maxClientsPerIp && (this.perIp.get(ip) ?? 0) >= config.maxClientsPerIp ? 'from this address' : null;
+    const tooMany = config.maxClients && this.sessions.size >= config.maxClients ? `in all (MTAD_MAX_CLIENTS=${config.maxClients})`
+      : !this.perIp.admit(ip) ? `from this address (MTAD_MAX_CLIENTS_PER_IP=${this.perIp.limit})` : null;
     if (tooMany) {
       log.info(`pop3-login: Disconnected (too many connections ${tooMany}): rip=${ip}`);
-      socket.end(`-ERR [SYS/TEMP] Too many connections ${tooMany}, try again later.\r\n`);
+      socket.end(`-ERR [SYS/TEMP] Too many connections ${tooMany.replace(/ \(.*/, '')}, try again later.\r\n`);
       setTimeout(() => socket.destroy(), 5000).unref();
       return;
     }
-    this.perIp.set(ip, (this.perIp.get(ip) ?? 0) + 1);
     const session = new Pop3Session(socket, {
       hostname: config.hostname,
       maildrop: this.deps.maildrop,
@@ -65,8 +66,7 @@ export class Pop3Server {
     this.sessions.add(session);
     void session.ended.then(() => {
       this.sessions.delete(session);
-      const n = (this.perIp.get(ip) ?? 1) - 1;
-      if (n > 0) this.perIp.set(ip, n); else this.perIp.delete(ip);
+      this.perIp.release(ip);
     });
   }
 

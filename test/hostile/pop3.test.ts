@@ -15,7 +15,7 @@ const LANES = 24;
 const users = Array.from({ length: LANES }, (_, i) => `fuzz${i}`);
 const passwords = Object.fromEntries(users.map((u) => [u, `pw-${u}`]));
 // No pause after a failed login: the fuzzer fails thousands of times on purpose.
-const get = mtadForFile({ users: [...users, 'alice'], passwords: { ...passwords, alice: 'alice-pw' }, env: { MTAD_POP3_AUTH_DELAY: '0', MTAD_MAX_CLIENTS: '200', MTAD_MAX_LINE_LENGTH: '512' } });
+const get = mtadForFile({ users: [...users, 'alice'], passwords: { ...passwords, alice: 'alice-pw' }, env: { MTAD_POP3_AUTH_DELAY: '0', MTAD_MAX_CLIENTS: '200', MTAD_MAX_CLIENTS_PER_IP: '30', MTAD_MAX_LINE_LENGTH: '512' } });
 
 function rng(seed: number): () => number {
   let s = (seed * 2654435761) >>> 0;
@@ -102,6 +102,17 @@ async function send(m: Mtad, to: string, message: string): Promise<void> {
   await c.quit();
 }
 
+/** A connection the server greets with +OK, once it has counted the closes before it. */
+async function admitted(m: Mtad): Promise<Pop3Client> {
+  for (let t = 0; ; t++) {
+    const c = await Pop3Client.connect(m.pop3Port!);
+    if (c.greeting.startsWith('+OK')) return c;
+    c.close();
+    expect(t).toBeLessThan(100);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 describe('POP3 under hostile clients', () => {
   it(`${SESSIONS} seeded random sessions: every reply well-formed, mtad and SMTP serving throughout`, async () => {
     const m = get();
@@ -182,8 +193,22 @@ describe('POP3 under hostile clients', () => {
     await c.quit();
   });
 
+  it('connections from one address past MTAD_MAX_CLIENTS_PER_IP get [SYS/TEMP]; one freed is one more allowed', async () => {
+    const m = get();
+    const open = await Promise.all(Array.from({ length: 30 }, () => Pop3Client.connect(m.pop3Port!)));
+    const extra = await Pop3Client.connect(m.pop3Port!).catch((e: Error) => e);
+    expect(extra).toBeInstanceOf(Pop3Client);
+    expect((extra as Pop3Client).greeting).toBe('-ERR [SYS/TEMP] Too many connections from this address, try again later.');
+    await (extra as Pop3Client).closedByServer();
+    await open[0].quit();
+    // The freed slot is counted back once the server has seen the close.
+    (await admitted(m)).close();
+    await send(m, 'alice', 'Subject: smtp has its own count\r\n\r\nx\r\n');
+    await Promise.all(open.slice(1).map((c) => c.quit()));
+  });
+
   it('too many bad commands end the session with a reply', async () => {
-    const c = await Pop3Client.connect(get().pop3Port!);
+    const c = await admitted(get());
     for (let i = 0; i < 19; i++) expect(await c.cmd('BOGUS')).toBe('-ERR Unknown command.');
     expect(await c.cmd('BOGUS')).toBe('-ERR Unknown command.');
     expect(await c.line()).toBe('-ERR Too many bad commands.');
