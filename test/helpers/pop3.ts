@@ -23,8 +23,9 @@ export class Pop3Client {
     socket.on('error', () => undefined);
   }
 
-  static async connect(port: number, host = '127.0.0.1'): Promise<Pop3Client> {
-    const socket = net.connect(port, host);
+  /** `localAddress` (e.g. 127.0.0.2) stands for another client machine. */
+  static async connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<Pop3Client> {
+    const socket = net.connect({ port, host, localAddress });
     await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
     const c = new Pop3Client(socket);
     c.greeting = await c.line();
