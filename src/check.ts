@@ -94,7 +94,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
 
   if (config.tlsCert && config.tlsKey) {
     try {
-      const m = readTls(config.tlsCert, config.tlsKey);
+      const m = readTls(config.tlsCert, config.tlsKey, who ? [who.uid] : []);
       row('tls', `STARTTLS${config.tlsRequired ? ' (required before MAIL)' : ''}: ${m.summary}  (${config.tlsCert})`);
     } catch (err) {
       const e = err as Error & { exitCode: number };
@@ -102,7 +102,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     }
     for (const f of who ? [config.tlsCert, config.tlsKey] : []) {
       const st = statOrNull(f);
-      if (st && !allowed(st, who!, 0o4)) problem(`${who!.label} cannot read ${f} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): chgrp it to that user's group and chmod 640`, 77);
+      if (st && !allowed(st, who!, 0o4)) problem(`${who!.label} cannot read ${f} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): chown it to that user and chmod 600`, 77);
     }
   } else {
     row('tls', 'off (MTAD_TLS_CERT and MTAD_TLS_KEY unset): no STARTTLS');

@@ -48,7 +48,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   });
   const agent = new DeliveryAgent(config, queue, deliverer, directory, localNames(config));
   const receiving = new Set<Promise<unknown>>();
-  const tls = loadTls(config);
+  const tls = loadTls(config, runAs);
   const server = createSmtpServer({ config, queue, agent, directory, receiving, tls });
   const pop3 = config.pop3Port === null ? null : new Pop3Server({
     config,
@@ -145,10 +145,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   };
 }
 
-function loadTls(config: Config): TlsFiles | null {
+function loadTls(config: Config, runAs: SystemUser | null): TlsFiles | null {
   if (!config.tlsCert || !config.tlsKey) return null;
   try {
-    return new TlsFiles(config.tlsCert, config.tlsKey);
+    return new TlsFiles(config.tlsCert, config.tlsKey, [process.geteuid?.() ?? 0, ...(runAs ? [runAs.uid] : [])]);
   } catch (err) {
     if (err instanceof TlsError) throw new StartupError(`mtad: ${err.message}`, err.exitCode);
     throw err;

@@ -6,6 +6,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import tls from 'node:tls';
+import { untrusted } from './accounts/trust';
 import { describeErrno } from './config';
 import { log } from './log';
 
@@ -32,10 +33,22 @@ const KEY_MODE_FORBIDDEN = 0o027;
 
 /**
  * Reads and checks the pair. Throws a TlsError with one line and the exit code
- * mtad stops with: 66 for a file it cannot read, 78 for a key open to others or
- * files that are not a matching PEM certificate and key.
+ * mtad stops with: 66 for a file it cannot read, 77 for a file that someone
+ * other than root or `uids` (mtad's users) could replace, as for the accounts
+ * files (accounts/trust.ts), 78 for a key open to others or files that are not
+ * a matching PEM certificate and key.
  */
-export function readTls(certFile: string, keyFile: string): TlsMaterial {
+export function readTls(certFile: string, keyFile: string, uids: readonly number[]): TlsMaterial {
+  for (const [file, variable] of [[keyFile, 'MTAD_TLS_KEY'], [certFile, 'MTAD_TLS_CERT']]) {
+    let why: string | null;
+    try {
+      why = untrusted(file, uids);
+    } catch (err) {
+      throw new TlsError(`${variable}: cannot read ${file}: ${describeErrno(err)}`, 66);
+    }
+    // Whoever can replace the pair can stand in for this server.
+    if (why) throw new TlsError(`${variable}: will not trust ${file}: ${why}`, 77);
+  }
   const key = readFile(keyFile, 'key', true);
   const cert = readFile(certFile, 'certificate', false);
   let x509: crypto.X509Certificate;
@@ -94,8 +107,9 @@ export class TlsFiles {
   private material: TlsMaterial;
   private readonly listeners: ((m: TlsMaterial) => void)[] = [];
 
-  constructor(readonly certFile: string, readonly keyFile: string) {
-    this.material = readTls(certFile, keyFile);
+  /** `uids`: the users mtad runs as (root is trusted anyway), owners the files may have. */
+  constructor(readonly certFile: string, readonly keyFile: string, private readonly uids: readonly number[]) {
+    this.material = readTls(certFile, keyFile, uids);
   }
 
   get current(): TlsMaterial {
@@ -109,7 +123,7 @@ export class TlsFiles {
 
   /** Reads the files again; on failure throws and keeps the current pair. */
   loadSync(): TlsMaterial {
-    this.material = readTls(this.certFile, this.keyFile);
+    this.material = readTls(this.certFile, this.keyFile, this.uids);
     for (const l of this.listeners) l(this.material);
     return this.material;
   }

@@ -77,7 +77,7 @@ runMain('mta-certificate', async (argv) => {
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
-  const m = readTls(certFile, keyFile);
+  const m = readTls(certFile, keyFile, [process.geteuid?.() ?? 0, ...(owner ? [owner.uid] : [])]);
   const rel = (f: string): string => (f.startsWith(`${ROOT}/`) ? path.relative(ROOT, f) : f);
   process.stdout.write(`certificate ${certFile} (mode 644): ${m.summary}\n`);
   process.stdout.write(`key         ${keyFile} (mode 600, owner ${owner ? owner.name || owner.uid : 'you'})\n`);

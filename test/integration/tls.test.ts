@@ -268,7 +268,7 @@ describe('bad TLS files stop mtad at start with one line', () => {
     return { status: r.status, stderr: r.stderr };
   };
 
-  it('a missing file (66), a key open to others (78), not a certificate (78), a key of another certificate (78); --check says the same', () => {
+  it('a missing file (66), a key open to others (78), not a certificate (78), a key of another certificate (78), a key others could swap (77); --check says the same', () => {
     const t = tlsInstance();
     const other = tlsInstance();
     dirs.push(t.dir, other.dir);
@@ -278,6 +278,14 @@ describe('bad TLS files stop mtad at start with one line', () => {
       [{ ...t.env, MTAD_TLS_CERT: t.key }, 78, /MTAD_TLS_CERT: .*key\.pem is not a PEM certificate/, () => fs.chmodSync(t.key, 0o600)],
       [{ ...t.env, MTAD_TLS_CERT: other.cert }, 78, /MTAD_TLS_KEY: .*key\.pem is not the key of the certificate /, () => undefined],
       [{ MTAD_TLS_CERT: t.cert }, 78, /MTAD_TLS_KEY: "" must be set too when MTAD_TLS_CERT is/, () => undefined],
+      // As for the accounts files: whoever could swap the key (here: anyone, through its directory) could be this server.
+      [{ MTAD_TLS_CERT: path.join(t.dir, 'open', 'cert.pem'), MTAD_TLS_KEY: path.join(t.dir, 'open', 'key.pem') }, 77,
+        /MTAD_TLS_KEY: will not trust .*open\/key\.pem: the directory .*open is writable by every user \(mode 0777\)/, () => {
+          fs.mkdirSync(path.join(t.dir, 'open'));
+          fs.chmodSync(path.join(t.dir, 'open'), 0o777);
+          for (const f of ['cert.pem', 'key.pem']) fs.cpSync(path.join(t.dir, 'tls', f), path.join(t.dir, 'open', f), { preserveTimestamps: true });
+          fs.chownSync(path.join(t.dir, 'open', 'key.pem'), fs.statSync(t.key).uid, fs.statSync(t.key).gid);
+        }],
       [{ MTAD_TLS_REQUIRED: 'yes' }, 78, /MTAD_TLS_REQUIRED: "yes" needs MTAD_TLS_CERT and MTAD_TLS_KEY/, () => undefined],
     ];
     for (const [env, code, re, prepare] of cases) {
