@@ -25,7 +25,7 @@ afterAll(async () => {
 
 /** Resolves once mtad has let go of these mailboxes: it keeps one locked a few ms after its last append, waiting for more. */
 async function idle(m: Mtad, users: string[]): Promise<void> {
-  await until(() => users.every((u) => !fs.existsSync(`${m.mailbox(u)}.lock`) && !fs.existsSync(path.join(m.queue, 'appending', u))), 10000, 'mtad to release the mailboxes');
+  await until(() => users.every((u) => !fs.existsSync(`${m.mailbox(u)}.lock`) && !fs.existsSync(path.join(m.queue, 'appending', u))), 30000, 'mtad to release the mailboxes');
 }
 
 /** What the first mtad has on disk that a second one's start-up sweep would change. */

@@ -49,7 +49,7 @@ async function startLargeData(m: Mtad): Promise<SmtpClient> {
   expect((await c.cmd('DATA')).code).toBe(354);
   c.write(`Subject: large\r\nX-Token: large\r\n\r\n${lines(10000)}`);
   // 1 MB in: the message is being streamed to the queue's tmp/.
-  await until(() => tmpFiles(m).length === 1, 10000, 'the message to spill into tmp/');
+  await until(() => tmpFiles(m).length === 1, 30000, 'the message to spill into tmp/');
   return c;
 }
 
@@ -117,8 +117,9 @@ describe('SIGTERM', () => {
       try {
         let err = '';
         await new Promise<void>((resolve, reject) => {
-          strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) resolve(); });
-          strace.on('exit', (code) => reject(new Error(`strace exited ${code}: ${err}`)));
+          const timer = setTimeout(() => reject(new Error(`strace did not attach to mtad within 20 s: ${err}`)), 20000);
+          strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) { clearTimeout(timer); resolve(); } });
+          strace.on('exit', (code) => { clearTimeout(timer); reject(new Error(`strace exited ${code}: ${err}`)); });
         });
         const firstSize = fs.statSync(m.mailbox('alice')).size;
         const c = await SmtpClient.connect(m.port);
@@ -126,7 +127,7 @@ describe('SIGTERM', () => {
         const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: held\r\nX-Token: held\r\n\r\nEND held\r\n').catch((e: Error) => e);
         // The record of this append (not of the first one, which may linger while
         // mtad holds the mailbox) starts where the first message ended.
-        await until(() => appendRecordStart(path.join(m.queue, 'appending', 'alice')) === firstSize, 10000, 'the append');
+        await until(() => appendRecordStart(path.join(m.queue, 'appending', 'alice')) === firstSize, 30000, 'the append');
         const exit = await terminate(m);
         const r = await reply;
         c.close();

@@ -20,7 +20,7 @@ function lockFile(m: Mtad, user: string, secondsAgo: number): fs.Stats {
 }
 
 async function released(m: Mtad, user: string): Promise<void> {
-  await until(() => !fs.existsSync(`${m.mailbox(user)}.lock`), 10000, `mtad to release ${user}'s mailbox`);
+  await until(() => !fs.existsSync(`${m.mailbox(user)}.lock`), 30000, `mtad to release ${user}'s mailbox`);
 }
 
 describe('with the default stale time (500 s)', () => {

@@ -53,7 +53,7 @@ async function deferredWith(id: string, user: string, reason: string): Promise<v
 }
 
 async function deliveredAfterFix(id: string, user: string, token: string): Promise<void> {
-  await mtad.waitForLog(new RegExp(`${id}: to=<${user}@lab.test>, .*status=sent`), 10000);
+  await mtad.waitForLog(new RegExp(`${id}: to=<${user}@lab.test>, .*status=sent`));
   expect(tokensByPython(mtad.mailbox(user))).toEqual([token]);
 }
 

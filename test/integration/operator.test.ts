@@ -17,7 +17,7 @@ function runMtad(env: NodeJS.ProcessEnv, withoutBindPrivilege = false): { status
   const [cmd, args] = withoutBindPrivilege
     ? ['setpriv', ['--bounding-set=-net_bind_service', '--inh-caps=-net_bind_service', process.execPath, bin]]
     : [process.execPath, [bin]];
-  const r = spawnSync(cmd, args, { env, encoding: 'utf8', timeout: 20000 });
+  const r = spawnSync(cmd, args, { env, encoding: 'utf8', timeout: 60000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -70,7 +70,7 @@ export async function freePorts(n: number): Promise<number[]> {
 }
 
 /** Resolves once something accepts a connection on 127.0.0.1:port, polling for up to timeoutMs. */
-export async function waitForListener(port: number, timeoutMs = 15000): Promise<void> {
+export async function waitForListener(port: number, timeoutMs = 30000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
@@ -241,7 +241,7 @@ export async function startTshark(args: string[]): Promise<Capture> {
   }
   return {
     output: () => out,
-    waitFor: (re, timeoutMs = 15000) => waitOn(() => out, re, timeoutMs),
+    waitFor: (re, timeoutMs = 30000) => waitOn(() => out, re, timeoutMs),
     async stop() {
       if (!done) proc.kill('SIGINT');
       await exited;
@@ -254,7 +254,7 @@ export async function startTshark(args: string[]): Promise<Capture> {
  * socket, waits until its screen matches `ready`, presses `keys`, and returns
  * the screen as it was. The tmux server ends with the session.
  */
-export async function screenOf(dir: string, argv: string[], ready: RegExp, keys: string[], env: NodeJS.ProcessEnv, timeoutMs = 20000): Promise<string> {
+export async function screenOf(dir: string, argv: string[], ready: RegExp, keys: string[], env: NodeJS.ProcessEnv, timeoutMs = 40000): Promise<string> {
   const socket = path.join(dir, 'tmux.sock');
   const tmux = (args: string[]): Promise<RunResult> => run('tmux', ['-S', socket, ...args], { env });
   const started = await tmux(['new-session', '-d', '-x', '200', '-y', '60', '--', ...argv]);
