@@ -458,41 +458,47 @@ const LF = 0x0a;
 function feedData(this: StreamState, input: Buffer, done: (err?: Error) => void): void {
   const chunk = this._lastBytes && this._lastBytes.length ? Buffer.concat([this._lastBytes, input]) : input;
   this._lastBytes = false;
+  if (!chunk.length) { done(); return; }
   const pieces: Buffer[] = [];
   let from = 0;
+  // Only the byte after each LF can be a line's first period: jump from LF to LF.
+  let at = 0;
   let line = this.mtadLine ?? null;
-  let cr = this.mtadCR ?? false;
-  for (let i = 0; i < chunk.length; i++) {
-    const b = chunk[i];
-    if (line && b === DOT) {
+  for (;;) {
+    if (line && at < chunk.length && chunk[at] === DOT) {
       if (line === 'crlf') {
-        const undecided = i + 1 >= chunk.length || (chunk[i + 1] === CR && i + 2 >= chunk.length);
-        if (undecided) {
-          pieces.push(chunk.subarray(from, i));
-          this._lastBytes = chunk.subarray(i);
-          from = chunk.length;
+        if (at + 1 >= chunk.length || (chunk[at + 1] === CR && at + 2 >= chunk.length)) {
+          pieces.push(chunk.subarray(from, at));
+          this._lastBytes = chunk.subarray(at);
+          from = at = chunk.length;
           break;
         }
-        if (chunk[i + 1] === CR && chunk[i + 2] === LF) {
-          pieces.push(chunk.subarray(from, i));
+        if (chunk[at + 1] === CR && chunk[at + 2] === LF) {
+          pieces.push(chunk.subarray(from, at));
           const body = Buffer.concat(pieces);
           this._countDataBytes(body.length);
-          this._endDataMode(body, chunk.subarray(i + 3), done);
+          this._endDataMode(body, chunk.subarray(at + 3), done);
           return;
         }
       }
-      pieces.push(chunk.subarray(from, i));
-      from = i + 1;
-      line = null;
-      cr = false;
-      continue;
+      pieces.push(chunk.subarray(from, at));
+      from = at + 1;
     }
-    line = b === LF ? (cr ? 'crlf' : 'lf') : null;
-    cr = b === CR;
+    const nl = chunk.indexOf(LF, at);
+    if (nl < 0) break;
+    const before = nl > 0 ? chunk[nl - 1] === CR : this.mtadCR;
+    line = before ? 'crlf' : 'lf';
+    at = nl + 1;
   }
   if (from < chunk.length) pieces.push(chunk.subarray(from));
-  this.mtadLine = line;
-  this.mtadCR = cr;
+  if (this._lastBytes === false) {
+    // The next chunk starts a line only if this one ended with its LF.
+    this.mtadLine = at === chunk.length ? line : null;
+    this.mtadCR = chunk[chunk.length - 1] === CR;
+  } else {
+    this.mtadLine = line;
+    this.mtadCR = false;
+  }
   const out = pieces.length === 1 ? pieces[0] : Buffer.concat(pieces);
   const stream = this._dataStream;
   if (!out.length || !stream) { done(); return; }

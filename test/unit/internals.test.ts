@@ -71,3 +71,58 @@ describe('command checks before the library', () => {
     expect(code(verb, line)).toBe(want);
   });
 });
+
+describe('DATA transparency (RFC 5321 4.5.2) in the library\'s parser', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { SMTPStream } = require('smtp-server/lib/smtp-stream') as { SMTPStream: new () => SmtpStream };
+  interface SmtpStream {
+    oncommand: (line: Buffer, cb?: () => void) => void;
+    startDataMode(max?: number): NodeJS.ReadableStream;
+    write(b: Buffer): boolean;
+    continue(): void;
+  }
+
+  /** Feeds `data` after DATA in the given pieces; resolves with the body and the first command line after it. */
+  async function feed(pieces: Buffer[]): Promise<{ body: string; next: string }> {
+    installInternals();
+    const s = new SMTPStream();
+    let next = '';
+    s.oncommand = (line, cb) => { next ||= line.toString('latin1'); cb?.(); };
+    const out = s.startDataMode();
+    const got: Buffer[] = [];
+    out.on('data', (d: Buffer) => got.push(d));
+    const ended = new Promise<void>((resolve) => out.on('end', () => resolve()));
+    for (const p of pieces) s.write(p);
+    await ended;
+    s.continue();
+    await new Promise((resolve) => setImmediate(resolve));
+    return { body: Buffer.concat(got).toString('latin1'), next };
+  }
+
+  it.each([
+    ['.x\r\n..y\r\n...z\r\n.\r\n', '', 'x\r\n.y\r\n..z\r\n'],
+    ['a\r\n.\r\nQUIT\r\n', 'QUIT', 'a\r\n'],
+    ['.\r\nQUIT\r\n', 'QUIT', ''],
+    ['..\r\n.\r\n', '', '.\r\n'],
+    ['a\n.\r\nb\r\n.\r\n', '', 'a\n\r\nb\r\n'],
+    ['a\n.x\r\n.\r\n', '', 'a\nx\r\n'],
+    ['a\r.x\r\n.\r\n', '', 'a\r.x\r\n'],
+    ['.\r.\r\n.\r\n', '', '\r.\r\n'],
+    ['x.y\r\n.\r\n', '', 'x.y\r\n'],
+  ])('%j', async (data, next, body) => {
+    expect(await feed([Buffer.from(`${data}`, 'latin1')])).toEqual({ body, next });
+  });
+
+  it('gives the same body and the same next command however the bytes are cut', async () => {
+    let x = 7;
+    const rand = (n: number): number => { x = (Math.imul(x, 1103515245) + 12345) >>> 0; return (x >>> 8) % n; };
+    const alphabet = ['.', '.', '\r', '\n', '\r\n', 'a', '\r\n.', '\n.', '..'];
+    for (let round = 0; round < 300; round++) {
+      const data = Buffer.from(`${Array.from({ length: 30 }, () => alphabet[rand(alphabet.length)]).join('')}\r\n.\r\nNOOP\r\n`, 'latin1');
+      const whole = await feed([data]);
+      const cuts = [...new Set(Array.from({ length: 1 + rand(6) }, () => 1 + rand(data.length - 1)))].sort((a, b) => a - b);
+      const pieces = [0, ...cuts].map((from, i, all) => data.subarray(from, all[i + 1] ?? data.length));
+      expect(await feed(pieces), JSON.stringify(data.toString('latin1'))).toEqual(whole);
+    }
+  });
+});
