@@ -254,7 +254,9 @@ export async function startTshark(args: string[]): Promise<Capture> {
  * socket, waits until its screen matches `ready`, presses `keys`, and returns
  * the screen as it was. The tmux server ends with the session.
  */
-export async function screenOf(dir: string, argv: string[], ready: RegExp, keys: string[], env: NodeJS.ProcessEnv, timeoutMs = 40000): Promise<string> {
+export async function screenOf(dir: string, argv: string[], ready: RegExp, keys: string[], env: NodeJS.ProcessEnv, timeoutMs = 40000,
+  /** Awaited after the keys, before the session ends: for keys whose effect takes a while (mutt's sync on q). */
+  settle?: () => Promise<unknown>): Promise<string> {
   const socket = path.join(dir, 'tmux.sock');
   const tmux = (args: string[]): Promise<RunResult> => run('tmux', ['-S', socket, ...args], { env });
   const started = await tmux(['new-session', '-d', '-x', '200', '-y', '60', '--', ...argv]);
@@ -265,6 +267,7 @@ export async function screenOf(dir: string, argv: string[], ready: RegExp, keys:
       const screen = (await tmux(['capture-pane', '-p'])).stdout.toString();
       if (ready.test(screen)) {
         await tmux(['send-keys', ...keys]);
+        await settle?.();
         return screen;
       }
       if (Date.now() > deadline) throw new Error(`screen never matched ${ready}:\n${screen}`);
