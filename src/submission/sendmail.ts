@@ -26,16 +26,34 @@ export function mtadAddress(config: Config): { host: string; port: number } {
   return { host, port: config.port };
 }
 
-/** Connects to mtad, or explains why not and how to get the message through. */
-export async function connectMtad(config: Config, trace?: (l: string) => void): Promise<SmtpConnection> {
+/** How long a local submission waits out mtad's connection limits (421 at the greeting) before it gives up with 75. */
+export const BUSY_WAIT_MS = 60 * 1000;
+
+/**
+ * Connects to mtad, or explains why not and how to get the message through. A
+ * 421 greeting (too many connections, in all or from this machine's address) is
+ * temporary: a burst of local submissions (cron at the full hour) waits for a
+ * slot, up to BUSY_WAIT_MS, instead of failing.
+ */
+export async function connectMtad(config: Config, trace?: (l: string) => void, busyWaitMs = BUSY_WAIT_MS): Promise<SmtpConnection> {
   const { host, port } = mtadAddress(config);
   const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const giveUp = Date.now() + busyWaitMs;
+  let pause = 100;
   try {
-    const conn = await SmtpConnection.connect(host, port, REPLY_TIMEOUT_MS, trace);
-    const greeting = await conn.reply();
-    if (greeting.code !== 220) throw failure(greeting, `mtad at ${where} does not take mail now`);
-    conn.greeting = greeting;
-    return conn;
+    for (;;) {
+      const conn = await SmtpConnection.connect(host, port, REPLY_TIMEOUT_MS, trace);
+      const greeting = await conn.reply().catch((err: Error) => { conn.socket.destroy(); throw err; });
+      if (greeting.code === 220) {
+        conn.greeting = greeting;
+        return conn;
+      }
+      conn.socket.destroy();
+      if (greeting.code !== 421 || Date.now() + pause > giveUp) throw failure(greeting, `mtad at ${where} does not take mail now`);
+      trace?.(`sendmail: mtad is busy (${text(greeting)}); trying again in ${pause} ms`);
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(5000, pause * 2);
+    }
   } catch (err) {
     if (err instanceof CliError) throw err;
     const code = (err as NodeJS.ErrnoException).code;

@@ -308,6 +308,34 @@ describe('sendmail with a slow writer', () => {
   });
 });
 
+describe('sendmail while mtad is busy', () => {
+  it('waits out a 421 (every connection slot taken) and delivers once a slot is free, instead of failing', async () => {
+    const m = await startMtad({ env: { MTAD_MAX_CLIENTS: '1' } });
+    const holder = await SmtpClient.connect(m.port);
+    try {
+      expect(holder.greeting.code).toBe(220);
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'sendmail'), '-v', 'alice'], { env: env(m), stdio: ['pipe', 'pipe', 'pipe'] });
+      let stderr = '';
+      const busy = new Promise<void>((resolve) => child.stderr.on('data', (b: Buffer) => {
+        stderr += b.toString();
+        if (/mtad is busy/.test(stderr)) resolve();
+      }));
+      const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+      child.stdin.end('Subject: waited for a slot\n\nx\n');
+      // The slot is freed only once sendmail has been told 421 at least once.
+      await Promise.race([busy, exited.then(() => { throw new Error(`sendmail ended before it was refused: ${stderr}`); })]);
+      holder.socket.destroy();
+      expect(await exited, stderr).toBe(0);
+      expect(readMbox(m.mailbox('alice')).map((x) => x.header('Subject'))).toEqual(['waited for a slot']);
+    } finally {
+      holder.socket.destroy();
+      const { code } = await m.stop();
+      expect(code).toBe(0);
+      removeInstance(m.dir);
+    }
+  });
+});
+
 describe('sendmail while mtad is stopped', () => {
   it('exits 75 with what to do, and after mtad starts nothing was lost or doubled', async () => {
     const m = await startMtad();
