@@ -70,7 +70,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   row('host name', config.hostname);
   const local = localNames(config);
   row('domains', config.domains.join(', '));
-  row('literals', [...local.literals].join(', ') || '-');
+  row('literals', [...local.literals].map((l) => l.replace(/^\[ipv6:/, '[IPv6:')).join(', ') || '-');
 
   let who: Who | null = null;
   try {
@@ -82,14 +82,18 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
     problem(e.message.replace(/^mtad: /, ''), e.exitCode ?? 78);
   }
 
+  // mtad started as root gives the checkout's own root-owned spool to the user it becomes (adoptCheckoutSpool).
+  const adopts = !!who && isRoot() && !config.runAs && who.uid !== 0 && config.spoolDir === path.join(ROOT, 'spool') && statOrNull(config.spoolDir)?.uid === 0;
   if (who) {
-    // mtad started as root gives the checkout's own root-owned spool to the user it becomes (adoptCheckoutSpool).
-    const adopts = isRoot() && !config.runAs && who.uid !== 0 && config.spoolDir === path.join(ROOT, 'spool') && statOrNull(config.spoolDir)?.uid === 0;
     const before = problems.length;
+    const closed = adopts && closedTo(config.spoolDir, who);
+    if (closed) problem(`${who.label} cannot reach ${config.spoolDir}: ${closed} is closed to it (put mtad where other users can enter, e.g. /opt/mtad)`, 77);
     row('spool', `${config.spoolDir}${adopts ? ` (belongs to root: mtad gives it to ${who.label} at start-up)` : checkDir(config.spoolDir, who, false, problem, 73)}`);
     // A queue inside a spool already found wanting would only repeat the same problem.
     const inSpool = config.queueDir.startsWith(`${config.spoolDir}/`);
-    if (!(inSpool && problems.length > before)) row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
+    if (adopts && path.dirname(config.queueDir) === config.spoolDir && !statOrNull(config.queueDir)) {
+      row('queue', `${config.queueDir} (created at start-up, in the spool mtad takes over)`);
+    } else if (!(inSpool && problems.length > before)) row('queue', `${config.queueDir}${checkDir(config.queueDir, who, true, problem, 77)}`);
   }
 
   if (config.tlsCert && config.tlsKey) {
@@ -134,8 +138,13 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
       } catch {
         continue; // created at the first delivery
       }
-      if (!st.isFile() || st.nlink !== 1) problem(`mailbox ${box} is not a plain file (mtad refuses links and special files)`, 73);
-      else if (!allowed(st, who, 0o2)) problem(`mailbox ${box}: ${who.label} cannot write it (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)})`, 77);
+      // mtad starts all the same: these are the mail it would hold or refuse (65, like the accounts lines).
+      if (!st.isFile() || st.nlink !== 1) problem(`mailbox ${box} is not a plain file: mtad refuses links and special files, and holds that mail in the queue`, 65);
+      else if (adopts && st.uid === 0) continue; // given to mtad's user with the spool
+      else if (!allowed(st, who, 0o2)) {
+        problem(`mailbox ${box}: ${who.label} cannot write it (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): ` +
+          `mtad refuses its mail with 450 4.2.0 until then (chown ${who.label.split(' ')[0]} ${box})`, 65);
+      }
     }
   }
   return { lines, problems };

@@ -34,7 +34,6 @@ export interface Daemon {
 export async function startDaemon(config: Config): Promise<Daemon> {
   setLogLevel(config.logLevel);
   const runAs = chooseRunAs(config.runAs, config.spoolDir);
-  const adopted = runAs && !config.runAs && adoptCheckoutSpool(config.spoolDir, path.join(ROOT, 'spool'), runAs);
   const queue = new Queue(config.queueDir);
   const accounts = new AccountDirectory(config.usersFile, config.aliasesFile);
   const directory = () => accounts.current();
@@ -62,6 +61,10 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   try {
     address = await listen(server, config, () => {
       if (runAs) {
+        // Only once the ports are ours: a start that fails to bind changes nothing on disk. Said at
+        // once, so that a start that fails later still tells what it changed.
+        const adopted = config.runAs ? [] : adoptCheckoutSpool(config.spoolDir, path.join(ROOT, 'spool'), runAs);
+        if (adopted.length) log.info(`gave ${adopted.join(', ')} to ${userLabel(runAs)}, the user mtad runs as`);
         dropPrivileges(runAs);
         // Read again as the user mtad now is: a key only root can read would work until the first SIGHUP.
         try {
@@ -110,7 +113,6 @@ export async function startDaemon(config: Config): Promise<Daemon> {
 
   const who = process.getuid ? `${userLabel(runAs)} (uid ${process.getuid()})` : 'this user';
   const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  if (adopted) log.info(`gave the spool ${config.spoolDir} to ${userLabel(runAs)}, the user mtad runs as`);
   if (pop3Address) {
     log.info(`POP3 on ${pop3Address.family === 'IPv6' ? `[${pop3Address.address}]` : pop3Address.address}:${pop3Address.port}` +
       `${config.pop3PortFollows && config.port !== 0 ? ` (MTAD_PORT + 85; MTAD_POP3_PORT chooses another, off turns it off)` : ''}`);

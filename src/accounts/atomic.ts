@@ -1,21 +1,29 @@
 // Atomic rewrite of a small file: temp file beside it, fsync, rename, fsync the
-// directory. Owner and mode of the file being replaced are kept, so a root-run
-// CLI does not take the file away from the user mtad runs as.
+// directory. Owner and mode of the file being replaced are kept (or those the
+// caller gives), so a root-run CLI does not take the file away from the user
+// mtad runs as.
 import fs from 'node:fs';
 import path from 'node:path';
 
-export function writeFileAtomic(file: string, data: string | Buffer, newMode = 0o640): void {
+export interface FileAccess {
+  mode: number;
+  /** Owner and group, set only when running as root. */
+  uid?: number;
+  gid?: number;
+}
+
+export function writeFileAtomic(file: string, data: string | Buffer, access?: FileAccess): void {
   const dir = path.dirname(file);
   let st: fs.Stats | null = null;
   try { st = fs.statSync(file); } catch { st = null; }
+  const want: FileAccess = access ?? (st ? { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } : { mode: 0o640 });
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW, st ? st.mode & 0o7777 : newMode);
+  // Created with no access for anyone: the contents are written before the chmod opens it to mtad.
+  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW, 0o600);
   try {
     fs.writeFileSync(fd, data);
-    if (st) {
-      fs.fchmodSync(fd, st.mode & 0o7777);
-      if (process.getuid?.() === 0) fs.fchownSync(fd, st.uid, st.gid);
-    }
+    if (process.getuid?.() === 0 && want.uid !== undefined) fs.fchownSync(fd, want.uid, want.gid ?? -1);
+    fs.fchmodSync(fd, want.mode);
     fs.fsyncSync(fd);
   } catch (err) {
     fs.closeSync(fd);

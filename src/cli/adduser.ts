@@ -1,5 +1,5 @@
 // mta-adduser: adds a mail user, like adduser(8) adds a system one.
-import { createMailbox, readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
+import { createMailbox, mtadRunsAs, readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
 import { isValidName, NAME_MAX } from '../accounts/names';
 import { hashPassword } from '../accounts/users';
 import { loadConfig } from '../config';
@@ -51,8 +51,8 @@ runMain('mta-adduser', async (argv) => {
   await updateUsersFile(config.usersFile, (f) => {
     if (f.users.has(name)) throw new StoreError(`The user '${name}' already exists.`, EX.FAIL);
     f.users.set(name, { name, password, gecos: gecos ?? '' });
-  });
-  const box = createMailbox(config.spoolDir, name);
+  }, mtadRunsAs(config));
+  const box = createMailbox(config.spoolDir, name, mtadRunsAs(config));
   process.stdout.write(box.created ? `Creating mailbox ${box.path} ...\n` : `Keeping the existing mailbox ${box.path}\n`);
   return EX.OK;
 });

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { isValidName } from '../accounts/names';
-import { readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
+import { mtadRunsAs, readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
 import { describeErrno, loadConfig } from '../config';
 import { CliError, EX, runMain, VERSION } from './common';
 
@@ -31,7 +31,7 @@ runMain('mta-deluser', async (argv) => {
   process.stdout.write(`Removing user '${name}' ...\n`);
   await updateUsersFile(config.usersFile, (f) => {
     if (!f.users.delete(name)) throw new StoreError(`The user '${name}' does not exist.`, 2);
-  });
+  }, mtadRunsAs(config));
   if (removeMailbox) {
     const box = path.join(config.spoolDir, name);
     try {

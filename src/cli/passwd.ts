@@ -1,7 +1,7 @@
 // mta-passwd: sets or changes a mail user's password, as passwd(1) does for a
 // system one. The running mtad sees it at the next POP3 login: no restart.
 import { isValidName } from '../accounts/names';
-import { readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
+import { mtadRunsAs, readUsersFile, StoreError, updateUsersFile } from '../accounts/store';
 import { hashPassword } from '../accounts/users';
 import { loadConfig } from '../config';
 import { askNewPassword } from './prompt';
@@ -35,7 +35,7 @@ runMain('mta-passwd', async (argv) => {
     const u = f.users.get(name);
     if (!u) throw new StoreError(missing, EX.FAIL);
     u.password = password;
-  });
+  }, mtadRunsAs(config));
   process.stdout.write(lock ? `mta-passwd: password of '${name}' removed: the account only receives mail\n` : 'mta-passwd: password updated successfully\n');
   return EX.OK;
 });

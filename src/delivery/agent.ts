@@ -83,6 +83,11 @@ export class DeliveryAgent {
     return this.deliverer.isFull(mailbox);
   }
 
+  /** Why `mailbox` cannot be written now, or null (for RCPT). */
+  unwritable(mailbox: string): Promise<string | null> {
+    return this.deliverer.unwritable(mailbox);
+  }
+
   /** `fromClient`: a client is waiting for the reply, and may be told that no mailbox has room. */
   private async acceptNow(msg: QueuedMessage, fromClient: boolean): Promise<void> {
     const id = msg.envelope.id;

@@ -112,6 +112,24 @@ export class Deliverer {
     };
   }
 
+  /**
+   * Why mtad, as the user it runs as, could not write the mailbox now, or null:
+   * for RCPT, so that such a mailbox is refused with a 4xx rather than found by a
+   * retry loop after the 250. Links and special files are left to the append,
+   * which refuses them; a missing mailbox is created at the first delivery.
+   */
+  async unwritable(mailbox: string): Promise<string | null> {
+    const file = this.mailboxPath(mailbox);
+    const st = await fs.promises.lstat(file).catch(() => null);
+    if (!st?.isFile()) return null;
+    try {
+      await fs.promises.access(file, fs.constants.W_OK);
+      return null;
+    } catch {
+      return `mailbox ${file}: mtad (uid ${process.geteuid?.()}) cannot write it (owner uid ${st.uid}, group ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
+    }
+  }
+
   mailboxPath(mailbox: string): string {
     return path.join(this.opts.spoolDir, mailbox);
   }

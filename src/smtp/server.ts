@@ -121,6 +121,12 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         if (verdict.warning) log.warn(verdict.warning);
         throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
       }
+      // A mailbox mtad cannot write is a fault of ours to fix, not mail to accept and defer for ever.
+      const blocked = (await Promise.all(verdict.mailboxes.map((b) => deps.agent.unwritable(b)))).find(Boolean);
+      if (blocked) {
+        log.error(`${blocked}: refusing its mail with 450 4.2.0 until that is fixed (chown the mailbox to the user mtad runs as)`);
+        throw reject('RCPT', session, new SmtpError(450, '4.2.0', `<${printable(a.raw ?? a.address)}>: Recipient address rejected: mailbox unavailable, try again later`), a.raw ?? a.address);
+      }
       // Temporary, as Postfix's 4.2.2: the user can make room. An alias is refused only when all of it is full.
       if ((await Promise.all(verdict.mailboxes.map((b) => deps.agent.isFull(b)))).every(Boolean)) {
         throw reject('RCPT', session, new SmtpError(452, '4.2.2', `<${printable(a.raw ?? a.address)}>: Mailbox full`), a.raw ?? a.address);
@@ -256,8 +262,10 @@ export function localNames(config: Config): LocalNames {
     literals.add(ip.includes(':') ? `[ipv6:${ip.toLowerCase()}]` : `[${ip}]`);
   };
   if (config.host === '0.0.0.0' || config.host === '::') {
+    // 0.0.0.0 is IPv4 only: an IPv6 literal would name an address nobody can reach us on. "::" takes both.
+    const families = config.host === '::' ? ['IPv4', 'IPv6'] : ['IPv4'];
     for (const list of Object.values(os.networkInterfaces())) {
-      for (const i of list ?? []) add(i.address.replace(/%.*$/, ''));
+      for (const i of list ?? []) if (families.includes(String(i.family))) add(i.address.replace(/%.*$/, ''));
     }
   } else {
     add(config.host);

@@ -2,6 +2,8 @@
 // its port and then becomes MTAD_RUN_AS, by default the owner of the spool (or
 // the mail user when root owns it, as /var/spool/mail is root:mail).
 import fs from 'node:fs';
+import path from 'node:path';
+import { isValidName } from '../accounts/names';
 import { ConfigError } from '../config';
 import { SystemUser, userById, userByName } from './passwd';
 
@@ -42,15 +44,39 @@ export function chooseRunAs(runAs: string, spoolDir: string): SystemUser | null 
 /**
  * The checkout's own spool, cloned by root, belongs to root, and the user mtad
  * becomes could not write it. That directory exists only for mtad: give it to
- * that user, so `sudo node bin/mtad` works from a root shell as it does from a
- * user's. Any other spool (e.g. /var/spool/mail) is left to the admin.
+ * that user, with the mailboxes root's tools made in it before mtad's first
+ * start, so `sudo node bin/mtad` works from a root shell as it does from a
+ * user's. Any other spool (e.g. /var/spool/mail) is left to the admin. Called
+ * once the port is bound, so that a start that fails there changes nothing;
+ * returns what it changed, for the log.
  */
-export function adoptCheckoutSpool(spoolDir: string, defaultSpool: string, u: SystemUser): boolean {
-  if (spoolDir !== defaultSpool) return false;
+export function adoptCheckoutSpool(spoolDir: string, defaultSpool: string, u: SystemUser): string[] {
+  if (spoolDir !== defaultSpool) return [];
   const st = fs.statSync(spoolDir);
-  if (st.uid !== 0) return false;
+  if (st.uid !== 0) return [];
+  const changed = [spoolDir];
   fs.chownSync(spoolDir, u.uid, u.gid);
-  return true;
+  // Only root could write a root-owned spool: what is in it is root's doing, not a trap.
+  for (const name of fs.readdirSync(spoolDir)) {
+    if (!isValidName(name)) continue; // mailboxes only: not .queue, nor lock files
+    const file = path.join(spoolDir, name);
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    } catch {
+      continue;
+    }
+    try {
+      const f = fs.fstatSync(fd);
+      if (f.isFile() && f.nlink === 1 && f.uid === 0) {
+        fs.fchownSync(fd, u.uid, u.gid);
+        changed.push(file);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return changed;
 }
 
 /** The first directory on the way to `dir` that the current user may not enter, or null. */
