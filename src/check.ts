@@ -99,7 +99,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   if (config.tlsCert && config.tlsKey) {
     try {
       const m = readTls(config.tlsCert, config.tlsKey, who ? [who.uid] : []);
-      row('tls', `STARTTLS${config.tlsRequired ? ' (required before MAIL)' : ''}: ${m.summary}  (${config.tlsCert})`);
+      row('tls', `STARTTLS${config.pop3Port !== null ? ' and STLS' : ''}${config.tlsRequired ? ' (required before MAIL and the POP3 login)' : ''}: ${m.summary}  (${config.tlsCert})`);
     } catch (err) {
       const e = err as Error & { exitCode: number };
       problem(e.message, e.exitCode);
@@ -109,7 +109,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
       if (st && !allowed(st, who!, 0o4)) problem(`${who!.label} cannot read ${f} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): chown it to that user and chmod 600`, 77);
     }
   } else {
-    row('tls', 'off (MTAD_TLS_CERT and MTAD_TLS_KEY unset): no STARTTLS');
+    row('tls', 'off (MTAD_TLS_CERT and MTAD_TLS_KEY unset): no STARTTLS, no STLS');
   }
 
   const users = readAccounts(config.usersFile, 'users', who, problem, (t) => parseUsers(t));

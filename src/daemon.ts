@@ -53,6 +53,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     config,
     users: async () => (await directory()).users,
     maildrop: { spoolDir: config.spoolDir, deliverer, lockTimeoutMs: config.lockTimeout * 1000, staleLockMs: config.staleLockTime * 1000, journalDir: removalDir(config) },
+    tls,
   });
 
   // POP3 is bound first and reads nothing until start(): SMTP's bind drops root at once.
@@ -120,7 +121,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
   log.info(`listening on ${shown}:${address.port} as ${config.hostname}, domains ${config.domains.join(',')}, ` +
     `spool ${config.spoolDir}, running as ${who}`);
   if (tls) {
-    log.info(`TLS: STARTTLS offered${config.tlsRequired ? ' and required' : ''}, certificate ${config.tlsCert}: ${tls.current.summary}`);
+    log.info(`TLS: STARTTLS${pop3 ? ' and STLS' : ''} offered${config.tlsRequired ? ' and required' : ''}, certificate ${config.tlsCert}: ${tls.current.summary}`);
     if (tls.current.expired) log.warn(`TLS: the certificate ${config.tlsCert} has expired: clients will refuse it (make a new one with mta-certificate --force)`);
   }
   await agent.recover();

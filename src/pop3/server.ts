@@ -6,6 +6,7 @@ import type { User } from '../accounts/users';
 import { ClientCounter } from '../clients';
 import type { Config } from '../config';
 import { log } from '../log';
+import type { TlsFiles } from '../tls';
 import type { MaildropContext } from './maildrop';
 import { Pop3Session } from './session';
 
@@ -13,6 +14,8 @@ export interface Pop3Deps {
   config: Config;
   maildrop: MaildropContext;
   users: () => Promise<ReadonlyMap<string, User>>;
+  /** The certificate for STLS, the same as SMTP's STARTTLS; null: no STLS. */
+  tls?: TlsFiles | null;
 }
 
 export class Pop3Server {
@@ -62,6 +65,8 @@ export class Pop3Server {
       idleTimeoutMs: config.pop3IdleTimeout * 1000,
       authDelayMs: config.pop3AuthDelay * 1000,
       trace: config.trace,
+      tls: this.deps.tls ?? null,
+      tlsRequired: config.tlsRequired,
     });
     this.sessions.add(session);
     void session.ended.then(() => {

@@ -3,16 +3,18 @@
 // ones wait their turn, RFC 2449 PIPELINING); every reply is well-formed.
 // Passwords are never logged or traced.
 //
-// The transport is attached with attach(): STLS (RFC 2595) would answer +OK,
-// detach the line reader, wrap the socket in TLS and attach() the new one, which
-// starts with an empty reader, as the RFC requires.
+// The transport is attached with attach(): STLS (RFC 2595) answers +OK, drops
+// whatever the client sent after STLS, wraps the socket in TLS and attach()es the
+// TLS socket, which starts with an empty reader, as the RFC requires.
 import crypto from 'node:crypto';
 import type net from 'node:net';
+import tls from 'node:tls';
 import type { User } from '../accounts/users';
 import { checkPassword } from '../accounts/users';
 import { isValidName } from '../accounts/names';
 import { WireEncoder } from '../delivery/reader';
 import { log } from '../log';
+import type { TlsFiles } from '../tls';
 import { Maildrop, MaildropContext, MaildropError } from './maildrop';
 import { CAPABILITIES, Command, decodePlain, Line, LineReader, multiline, parseCommand, parseNumber, shown } from './protocol';
 
@@ -27,6 +29,10 @@ export interface SessionDeps {
   idleTimeoutMs: number;
   authDelayMs: number;
   trace: boolean;
+  /** The certificate for STLS; null: STLS is neither offered nor accepted. */
+  tls: TlsFiles | null;
+  /** USER, PASS and AUTH only after STLS (MTAD_TLS_REQUIRED). */
+  tlsRequired: boolean;
 }
 
 /** Failed logins that end a session, as in Dovecot. */
@@ -39,6 +45,8 @@ type State = 'authorization' | 'transaction' | 'update' | 'closed';
 export class Pop3Session {
   private state: State = 'authorization';
   private socket!: net.Socket;
+  /** 'starting' from STLS's +OK to the end of the handshake: nothing read then is a command. */
+  private tlsState: 'none' | 'starting' | 'on' = 'none';
   private reader!: LineReader;
   private queue: Line[] = [];
   private busy = false;
@@ -64,12 +72,6 @@ export class Pop3Session {
     this.attach(socket);
     // During UPDATE the removal runs to its end whatever the client does; quit() ends the session.
     socket.on('close', () => { if (this.state !== 'update') void this.end('Connection closed'); });
-    socket.on('error', () => undefined); // a reset is a close; 'close' follows
-    socket.setTimeout(deps.idleTimeoutMs, () => {
-      if (this.state === 'update') return;
-      this.reply('-ERR Disconnected for inactivity.');
-      void this.end('inactivity');
-    });
     this.reply(`+OK ${deps.hostname} POP3 mtad ready.`);
   }
 
@@ -79,7 +81,58 @@ export class Pop3Session {
     this.reader = new LineReader(this.deps.maxLineLength);
     this.queue = [];
     socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('error', () => undefined); // a reset is a close; 'close' follows
+    // On the transport in use: under TLS, the plain socket no longer sees the traffic.
+    socket.setTimeout(this.deps.idleTimeoutMs, () => {
+      if (this.state === 'update') return;
+      this.reply('-ERR Disconnected for inactivity.');
+      void this.end('inactivity');
+    });
     socket.resume();
+  }
+
+  /** CAPA: STLS while it can still be started (RFC 2595 section 4). */
+  private capabilities(): string[] {
+    return this.deps.tls && this.tlsState === 'none' ? [...CAPABILITIES, 'STLS'] : CAPABILITIES;
+  }
+
+  /**
+   * STLS: +OK, then the handshake. Lines the client pipelined after STLS were
+   * sent in plaintext before TLS: they are dropped, never answered inside TLS
+   * (the STARTTLS command injection of 2011). After the handshake the session
+   * forgets the plaintext USER (RFC 2595 section 4).
+   */
+  private startTls(cmd: Command): void {
+    const files = this.deps.tls;
+    if (!files) return this.fail('-ERR Unknown command.');
+    if (this.tlsState !== 'none') return this.fail('-ERR TLS is already active.');
+    if (cmd.args.length) return this.fail('-ERR Syntax: STLS');
+    this.reply('+OK Begin TLS negotiation now.');
+    this.tlsState = 'starting';
+    this.queue = [];
+    const plain = this.socket;
+    plain.removeAllListeners('data');
+    const secure = new tls.TLSSocket(plain, { isServer: true, secureContext: files.current.context });
+    const client = `unknown[${this.rip}]`;
+    // First among the close listeners, so that it is logged before the session's end.
+    plain.prependOnceListener('close', () => {
+      if (this.tlsState === 'starting' && !this.isClosed) log.info(`pop3-login: SSL_accept error from ${client}: lost connection`);
+    });
+    secure.once('error', (err: Error & { reason?: string }) => {
+      if (this.tlsState === 'on') return;
+      log.info(`pop3-login: SSL_accept error from ${client}: ${err.reason ?? err.message.split('\n')[0]}`);
+      void this.end('TLS handshake failed');
+    });
+    secure.once('secure', () => {
+      if (this.isClosed) return;
+      this.tlsState = 'on';
+      plain.setTimeout(0);
+      this.pendingUser = null;
+      this.saslPending = false;
+      log.info(`pop3-login: TLS connection established from ${client}: ${secure.getProtocol()} with cipher ${secure.getCipher().name}`);
+      this.traceLine(`-- TLS started (${secure.getProtocol()}, ${secure.getCipher().name}): from here on Wireshark shows only encrypted TLS records --`);
+      this.attach(secure);
+    });
   }
 
   /** The server is stopping: no UPDATE for a session that did not QUIT (RFC 1939). */
@@ -91,7 +144,7 @@ export class Pop3Session {
   }
 
   private onData(d: Buffer): void {
-    if (this.state === 'closed' || this.state === 'update') return;
+    if (this.state === 'closed' || this.state === 'update' || this.tlsState === 'starting') return;
     this.queue.push(...this.reader.push(d));
     if (this.queue.length > MAX_QUEUED) this.socket.pause();
     void this.pump();
@@ -101,7 +154,7 @@ export class Pop3Session {
     if (this.busy) return;
     this.busy = true;
     try {
-      while (this.queue.length && this.state !== 'closed' && this.state !== 'update') {
+      while (this.queue.length && this.state !== 'closed' && this.state !== 'update' && this.tlsState !== 'starting') {
         const line = this.queue.shift()!;
         if (this.queue.length <= MAX_QUEUED / 2) this.socket.resume();
         try {
@@ -134,8 +187,13 @@ export class Pop3Session {
   }
 
   private async authorization(cmd: Command): Promise<void> {
+    if (this.deps.tlsRequired && this.tlsState !== 'on' && ['USER', 'PASS', 'AUTH'].includes(cmd.name)) {
+      // Dovecot's words for its disable_plaintext_auth.
+      return this.fail('-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.');
+    }
     switch (cmd.name) {
-      case 'CAPA': return this.reply(multiline('+OK Capability list follows', CAPABILITIES));
+      case 'CAPA': return this.reply(multiline('+OK Capability list follows', this.capabilities()));
+      case 'STLS': return this.startTls(cmd);
       case 'QUIT':
         this.reply('+OK Logging out.');
         return this.end('Logged out');
@@ -219,7 +277,7 @@ export class Pop3Session {
       return k - 1;
     };
     switch (cmd.name) {
-      case 'CAPA': return this.reply(multiline('+OK Capability list follows', CAPABILITIES));
+      case 'CAPA': return this.reply(multiline('+OK Capability list follows', this.capabilities()));
       case 'NOOP': return this.reply('+OK');
       case 'STAT': return this.reply(`+OK ${drop.count} ${drop.octets}`);
       case 'LIST':

@@ -1,6 +1,7 @@
 // A raw POP3 client over node:net, as a telnet user would type: one line, one
 // status line; multi-line responses read up to the lone dot, kept as bytes.
 import net from 'node:net';
+import tls from 'node:tls';
 
 export interface Multi {
   status: string;
@@ -17,7 +18,7 @@ export class Pop3Client {
   private closed = false;
   greeting = '';
 
-  private constructor(readonly socket: net.Socket) {
+  private constructor(readonly socket: net.Socket | tls.TLSSocket) {
     socket.on('data', (d: Buffer) => { this.buf = Buffer.concat([this.buf, d]); this.wake?.(); });
     socket.on('close', () => { this.closed = true; this.wake?.(); });
     socket.on('error', () => undefined);
@@ -78,6 +79,19 @@ export class Pop3Client {
     this.buf = this.buf.subarray(end + 3);
     const data = Buffer.from(raw.toString('latin1').replace(/(^|\n)\./g, '$1'), 'latin1');
     return { status, raw, data, lines: raw.length ? raw.toString('latin1').replace(/\r\n$/, '').split('\r\n') : [] };
+  }
+
+  /** What arrived and was not read yet: after STLS's +OK, anything here was answered in plaintext. */
+  unread(): string {
+    return this.buf.toString('latin1');
+  }
+
+  /** The TLS handshake over this connection (after +OK to STLS); the returned client talks through TLS. */
+  async startTls(options: tls.ConnectionOptions): Promise<Pop3Client> {
+    this.socket.removeAllListeners('data');
+    const secure = tls.connect({ ...options, socket: this.socket as net.Socket });
+    await new Promise<void>((resolve, reject) => { secure.once('secureConnect', resolve); secure.once('error', reject); });
+    return new Pop3Client(secure);
   }
 
   async login(user: string, password: string): Promise<string> {

@@ -89,7 +89,7 @@ describe('STARTTLS with a certificate', () => {
   });
 
   it('logs the certificate at start and offers STARTTLS in EHLO and HELP', async () => {
-    expect(await mtad.waitForLog(/TLS: STARTTLS offered, certificate /)).toContain(`CN=${HOSTNAME}, DNS:${HOSTNAME}, DNS:localhost`);
+    expect(await mtad.waitForLog(/TLS: STARTTLS and STLS offered, certificate /)).toContain(`CN=${HOSTNAME}, DNS:${HOSTNAME}, DNS:localhost`);
     const c = await SmtpClient.connect(mtad.port);
     expect((await c.cmd('EHLO client.example.org')).lines).toEqual([HOSTNAME, 'PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES', 'STARTTLS', 'SIZE 10240000']);
     expect((await c.cmd('HELP')).lines[1]).toBe('2.0.0 Commands: HELO EHLO STARTTLS MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN');
