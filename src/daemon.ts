@@ -13,6 +13,7 @@ import { sweepStaleLocks } from './delivery/locks';
 import { redoRemovals } from './delivery/removal';
 import { Pop3Server } from './pop3/server';
 import { log, setLogLevel } from './log';
+import { POSTMASTER } from './policy';
 import { Queue } from './queue/queue';
 import { createSmtpServer, localNames } from './smtp/server';
 import { lockQueue, lockSpool, pidFileHolder, PidLock, queuePidFile, spoolPidFile } from './queue/pidfile';
@@ -99,11 +100,17 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     for (const name of swept.removed) log.info(`removed stale lock ${name} left by an earlier mtad`);
     for (const r of swept.rolledBack) log.warn(`mailbox ${r.mailbox}: removed ${r.bytes} bytes of an append interrupted by a crash`);
     for (const r of swept.leftAlone) log.warn(`mailbox ${r.mailbox}: an append was interrupted by a crash, but ${r.why}; left as it is`);
+    let accountsNow;
     try {
-      accounts.loadSync();
+      accountsNow = accounts.loadSync();
     } catch (err) {
       if (err instanceof UntrustedFile) throw new StartupError(`mtad: ${err.message}`, 77);
       throw new StartupError(`mtad: cannot read the accounts: ${describeErrno(err)} (${config.usersFile}, ${config.aliasesFile})`, 66);
+    }
+    // Said now, not first found by a refused RCPT (mtad starts all the same: the others' mail flows).
+    for (const name of [...accountsNow.users.keys(), POSTMASTER]) {
+      const why = await deliverer.unwritable(name);
+      if (why) log.error(`${why}: its mail will be refused with 450 4.2.0 until that is fixed`);
     }
   } catch (err) {
     server.close();

@@ -132,14 +132,34 @@ describe('a mailbox mtad cannot write', () => {
     }
     // Nothing waits in the queue for a mailbox nobody will fix by retrying.
     expect(m.output()).not.toMatch(/status=deferred/);
+    expect((await m.stop()).code).toBe(0);
+    // A start says so at once, and serves the others.
+    const again = await startMtad({ dir: m.dir });
+    running.push(again);
+    await again.waitForLog(new RegExp(`error: mailbox ${box}: mtad \\(uid \\d+\\) cannot write it .*its mail will be refused with 450 4\\.2\\.0`));
     fs.chownSync(box, was.uid, was.gid);
     fs.chmodSync(box, 0o600);
-    const id = await sendToken(m.port, 'staff', 'after-fix');
-    await m.waitForLog(new RegExp(`${id}: removed`));
+    const id = await sendToken(again.port, 'staff', 'after-fix');
+    await again.waitForLog(new RegExp(`${id}: removed`));
     expect(tokensByPython(box)).toEqual(['first', 'after-fix']);
     expect(tokensByPython(m.mailbox('alice'))).toEqual(['alice-only', 'after-fix']);
-    const { code } = await m.stop();
+    const { code } = await again.stop();
     expect(code).toBe(0);
+  });
+});
+
+describe('an accounts file the user mtad runs as cannot read', () => {
+  it('stops mtad with 66, and --check, judging as that user, says the same', () => {
+    const dir = makeInstance();
+    dirs.push(dir);
+    // Root reads everything: only the bits for mtad's user count.
+    fs.chmodSync(path.join(dir, 'users'), 0o000);
+    const check = runCli('mtad', ['--check'], instanceEnv(dir));
+    expect(check.stdout).toMatch(/^problem: .* cannot read the users file .*users/m);
+    expect(check.status).toBe(66);
+    const start = runCli('mtad', [], instanceEnv(dir));
+    expect(start.stderr).toMatch(/^mtad: cannot read the accounts: permission denied/);
+    expect(start.status).toBe(66);
   });
 });
 
