@@ -30,6 +30,8 @@ export interface StoredMessage {
   uidl: string | null;
   /** Dovecot's "FOLDER INTERNAL DATA" entry: never listed, never removed. */
   internal: boolean;
+  /** For a message named by its content (no X-UIDL): that hash, before the occurrence number. */
+  contentHash?: string;
 }
 
 export interface MailboxScan {
@@ -42,23 +44,66 @@ export interface MailboxScan {
 export const UIDL_FIELD = 'X-UIDL';
 const UIDL_RE = /^X-UIDL: ([\x21-\x7e]{1,70})\r?$/;
 
-/** Reads bytes [0, size) of the mailbox open on `fh` and finds its messages. */
-export async function scanMailbox(fh: FileHandle, size: number): Promise<MailboxScan> {
+/** A scan kept for the next one: while those bytes stay as they were, only what follows them is scanned. */
+export interface ScanCache {
+  dev: number;
+  ino: number;
+  size: number;
+  scan: MailboxScan;
+}
+
+/**
+ * Reads bytes [0, size) of the mailbox open on `fh` and finds its messages.
+ * With `cache` (an earlier scan of the same file), the bytes it covered are
+ * only hashed: if they are unchanged, its messages are taken as they were and
+ * the scan resumes at the start of its last message (which may have grown).
+ */
+export async function scanMailbox(fh: FileHandle, size: number, cache?: ScanCache): Promise<MailboxScan> {
+  const st = await fh.stat();
+  const usable = cache && cache.dev === st.dev && cache.ino === st.ino && cache.size <= size && cache.scan.messages.length > 0 ? cache : undefined;
   const hash = crypto.createHash('sha256');
-  const scanner = new Scanner(size);
   const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, size)));
   let pos = 0;
+  let scanner: Scanner | null = null;
+  let kept: StoredMessage[] = [];
+  let resumeAt = 0;
+  if (usable) {
+    while (pos < usable.size) {
+      const chunk = await readAt(fh, buf, pos, Math.min(buf.length, usable.size - pos));
+      hash.update(chunk);
+      pos += chunk.length;
+    }
+    if (hash.copy().digest('hex') === usable.scan.fingerprint) {
+      kept = usable.scan.messages.slice(0, -1);
+      resumeAt = usable.scan.messages[usable.scan.messages.length - 1].start;
+    } else {
+      pos = 0;
+      hash.destroy();
+      return scanMailbox(fh, size);
+    }
+  }
+  scanner = new Scanner(size, resumeAt);
+  // The part scanned again was hashed already: it is read once more for the scanner only.
+  for (let at = resumeAt; at < pos;) {
+    const chunk = await readAt(fh, buf, at, Math.min(buf.length, pos - at));
+    scanner.push(chunk, at);
+    at += chunk.length;
+  }
   while (pos < size) {
-    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
-    if (bytesRead === 0) throw new Error(`mailbox ended at ${pos} bytes, ${size} expected`);
-    const chunk = buf.subarray(0, bytesRead);
+    const chunk = await readAt(fh, buf, pos, Math.min(buf.length, size - pos));
     hash.update(chunk);
     scanner.push(chunk, pos);
-    pos += bytesRead;
+    pos += chunk.length;
   }
-  const messages = scanner.finish();
+  const messages = [...kept, ...scanner.finish()];
   await nameForeignMessages(fh, messages);
   return { messages, fingerprint: hash.digest('hex') };
+}
+
+async function readAt(fh: FileHandle, buf: Buffer, pos: number, len: number): Promise<Buffer> {
+  const { bytesRead } = await fh.read(buf, 0, len, pos);
+  if (bytesRead === 0) throw new Error(`mailbox ended at ${pos} bytes, more expected`);
+  return buf.subarray(0, bytesRead);
 }
 
 /** Only the fingerprint of bytes [0, size): to see whether a snapshot still holds. */
@@ -92,15 +137,33 @@ interface Open {
 class Scanner {
   private messages: StoredMessage[] = [];
   private cur: Open | null = null;
-  private lineStart = 0;
   private head: Buffer[] = [];
   private headLen = 0;
+  /** Inside a line that cannot matter, up to its LF. */
+  private skipping = false;
 
-  constructor(private readonly size: number) {}
+  constructor(private readonly size: number, private lineStart = 0) {}
 
   push(chunk: Buffer, at: number): void {
     let i = 0;
     while (i < chunk.length) {
+      if (this.skipping) {
+        const lf = chunk.indexOf(LF, i);
+        if (lf < 0) return;
+        if (this.cur) { this.cur.lfs++; this.cur.lastLineEmpty = false; }
+        this.lineStart = at + lf + 1;
+        this.skipping = false;
+        i = lf + 1;
+        continue;
+      }
+      // A body line that starts with neither "F", ">" nor LF cannot matter: counted, never copied.
+      if (this.headLen === 0 && (!this.cur || !this.cur.inHeader)) {
+        const b = chunk[i];
+        if (b !== 0x46 && b !== GT && b !== LF) {
+          this.skipping = true;
+          continue;
+        }
+      }
       const lf = chunk.indexOf(LF, i);
       const segEnd = lf < 0 ? chunk.length : lf;
       if (this.headLen < HEAD) {
@@ -116,7 +179,11 @@ class Scanner {
   }
 
   finish(): StoredMessage[] {
-    if (this.lineStart < this.size) this.line(this.takeHead(), this.size, true);
+    if (this.skipping) {
+      if (this.cur) { this.cur.lastNoLF = true; this.cur.lastLineEmpty = false; }
+    } else if (this.lineStart < this.size) {
+      this.line(this.takeHead(), this.size, true);
+    }
     this.close(this.size);
     return this.messages;
   }
@@ -188,6 +255,7 @@ function isQuotedFrom(head: Buffer): boolean {
 async function nameForeignMessages(fh: FileHandle, messages: StoredMessage[]): Promise<void> {
   const seen = new Map<string, number>();
   for (const m of messages) {
+    if (m.contentHash !== undefined) seen.set(m.contentHash, (seen.get(m.contentHash) ?? 0) + 1);
     if (m.uidl !== null) continue;
     const hash = crypto.createHash('sha256');
     const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, m.end - m.start)));
@@ -200,6 +268,7 @@ async function nameForeignMessages(fh: FileHandle, messages: StoredMessage[]): P
     const h = hash.digest('base64url').slice(0, 27);
     const n = (seen.get(h) ?? 0) + 1;
     seen.set(h, n);
+    m.contentHash = h;
     m.uidl = n === 1 ? h : `${h}.${n}`;
   }
 }
@@ -225,6 +294,31 @@ export class WireEncoder {
   }
 
   push(chunk: Buffer): Buffer {
+    if (this.left !== Infinity) return this.pushBytes(chunk);
+    // Whole lines go through V8's native regular expressions, which are several
+    // times faster than the byte loop; only the pieces around them need the loop.
+    const parts: Buffer[] = [];
+    let i = 0;
+    if (!this.atLineStart || this.gts || this.fromMatched) {
+      const lf = chunk.indexOf(LF);
+      if (lf < 0) return this.pushBytes(chunk);
+      parts.push(this.pushBytes(chunk.subarray(0, lf + 1)));
+      i = lf + 1;
+    }
+    const last = chunk.lastIndexOf(LF);
+    if (last >= i) {
+      const text = chunk.toString('latin1', i, last + 1)
+        .replace(/(^|\n)(\.|>+From )/g, (_m, lead: string, x: string) => lead + (x === '.' ? '..' : x.slice(1)))
+        .replace(/\n/g, '\r\n');
+      parts.push(Buffer.from(text, 'latin1'));
+      i = last + 1;
+    }
+    if (i < chunk.length) parts.push(this.pushBytes(chunk.subarray(i)));
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  }
+
+  /** The byte-by-byte form: any piece, any state, and TOP's line counting. */
+  private pushBytes(chunk: Buffer): Buffer {
     const out = Buffer.allocUnsafe(chunk.length * 2 + 16);
     let o = 0;
     const emit = (src: Buffer, s: number, e: number): void => { o += src.copy(out, o, s, e); };

@@ -78,6 +78,9 @@ export class Pop3Session {
   /** Takes `socket` as the transport, with a fresh line reader (what STLS needs after its handshake). */
   attach(socket: net.Socket): void {
     this.socket = socket;
+    // Replies are whole lines or whole pieces of a message: Nagle would only hold
+    // the last piece back for the client's delayed ACK (40 ms a message).
+    socket.setNoDelay(true);
     this.reader = new LineReader(this.deps.maxLineLength);
     this.queue = [];
     socket.on('data', (d: Buffer) => this.onData(d));
@@ -325,11 +328,11 @@ export class Pop3Session {
     let started = false;
     try {
       for await (const chunk of drop.stored(m)) {
+        let out = enc.push(chunk);
         if (!started) {
-          this.write(lines === null ? `+OK ${m.size} octets\r\n` : '+OK\r\n');
+          out = Buffer.concat([Buffer.from(lines === null ? `+OK ${m.size} octets\r\n` : '+OK\r\n'), out]);
           started = true;
         }
-        const out = enc.push(chunk);
         bytes += out.length;
         if (!(await this.writeAndWait(out))) return;
         if (enc.done) break;

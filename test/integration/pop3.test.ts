@@ -300,5 +300,10 @@ describe('POP3: another program changes the mailbox during a session', () => {
     fs.writeFileSync(m.mailbox('dave'), text.replace('Subject: p1', 'Subject: P1'), 'latin1');
     expect(await c.cmd('QUIT')).toMatch(/^-ERR \[SYS\/TEMP\] another program changed the mailbox/);
     expect(readMbox(m.mailbox('dave')).map((x) => x.header('Subject'))).toContain('P1');
+    // The next login sees the rewrite (same size, new bytes), not what the last scan found.
+    const again = await login(m, 'dave');
+    const top = await again.multi('TOP 1 0');
+    expect(top.data.toString()).toContain('Subject: P1\r\n');
+    await again.quit();
   });
 });

@@ -59,6 +59,9 @@ describe('mbox back to the message as sent', () => {
     messages.forEach((m, i) => {
       const expected = Buffer.concat([Buffer.from('Return-Path: <a@b.test>\r\nDelivered-To: alice@lab.test\r\nX-UIDL: u\r\n'), sent[i]]);
       const { raw, data } = wire(all.subarray(m.bodyStart, m.end), r);
+      // Whole, as one piece: the encoder's fast path for whole lines.
+      const whole = new WireEncoder();
+      expect(Buffer.concat([whole.push(all.subarray(m.bodyStart, m.end)), whole.end()]).equals(raw)).toBe(true);
       expect(data.toString('latin1')).toBe(expected.toString('latin1'));
       expect(m.size).toBe(data.length);
       expect(m.uidl).toBe('u');
