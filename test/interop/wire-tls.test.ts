@@ -2,20 +2,38 @@
 // STARTTLS session to the same mtad, captured on loopback. The plain one is
 // readable to the last byte of the message; the STARTTLS one is SMTP up to
 // "220 Ready to start TLS", then only TLS records, and its message text is
-// nowhere in the capture. Capturing needs root (CI has it).
+// nowhere in the capture. The same for POP3: a STLS session shows STLS and its
+// +OK in plaintext, then TLS, and neither the login nor the message. Capturing needs root (CI has it).
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HOSTNAME, instanceEnv, makeInstance, Mtad, removeInstance, runCli, startMtad } from '../helpers/mtad';
 import { needsRoot } from '../helpers/skip';
+import { Pop3Client } from '../helpers/pop3';
 import { SmtpClient } from '../helpers/smtp';
-import { run, startTshark } from './tools';
+import { Capture, run, startTshark } from './tools';
+
+/**
+ * tshark says "Capturing on" a moment before it captures: `session` (which puts
+ * `seen` on the wire) is run until the capture shows it, so nothing after it is missed.
+ */
+async function untilCaptured(capture: Capture, session: () => Promise<unknown>, seen: RegExp): Promise<void> {
+  for (let i = 0; ; i++) {
+    await session();
+    try {
+      await capture.waitFor(seen, 3000);
+      return;
+    } catch (err) {
+      if (i === 20) throw err;
+    }
+  }
+}
 
 describe.skipIf(needsRoot('STARTTLS on the wire', 'tshark needs root to capture on loopback'))('STARTTLS on the wire', () => {
   let mtad: Mtad;
   let dir: string;
   beforeAll(async () => {
-    dir = makeInstance({ users: ['alice'] });
+    dir = makeInstance({ users: ['alice'], passwords: { alice: 'alice-secret-pw' } });
     const env = { MTAD_TLS_CERT: path.join(dir, 'cert.pem'), MTAD_TLS_KEY: path.join(dir, 'key.pem') };
     const made = runCli('mta-certificate', [], instanceEnv(dir, env));
     expect(made.status, made.stderr).toBe(0);
@@ -35,12 +53,17 @@ describe.skipIf(needsRoot('STARTTLS on the wire', 'tshark needs root to capture 
       ...extra, '--helo', 'client.example.org', '--from', 'carol@example.org', '--to', `alice@${HOSTNAME}`,
       '--header', `Subject: ${subject}`, '--body', body]).then((r) => { expect(r.status, r.stdout.toString()).toBe(0); });
     try {
+      const marker = (name: string) => async (): Promise<void> => {
+        const c = await SmtpClient.connect(mtad.port);
+        await c.cmd(`EHLO ${name}`);
+        await c.quit();
+      };
+      await untilCaptured(capture, marker('start.marker'), /C: EHLO start\.marker/);
       await swaks([], 'plain on the wire', 'Anyone on the wire reads this.');
       await swaks(['--tls'], 'sealed on the wire', 'Nobody on the wire reads this.');
-      // A last plain session marks the end: once its 221 is captured, all of the sessions before it are.
-      const marker = await SmtpClient.connect(mtad.port);
-      await marker.quit();
-      await capture.waitFor(/(S: 221 [^]*){2}/, 30000);
+      // A last plain session marks the end: once it is captured, all of the sessions before it are.
+      await marker('end.marker')();
+      await capture.waitFor(/C: EHLO end\.marker/, 30000);
     } finally {
       await capture.stop();
     }
@@ -53,13 +76,15 @@ describe.skipIf(needsRoot('STARTTLS on the wire', 'tshark needs root to capture 
     // The sealed session's envelope is encrypted too: its RCPT is not seen a second time.
     expect(bytes.toString('latin1').split(`RCPT TO:<alice@${HOSTNAME}>`)).toHaveLength(2);
 
-    // The second TCP stream is the STARTTLS session: what the README's side-by-side shows.
-    const view = await run('tshark', ['-r', pcap, '-d', `tcp.port==${port},smtp`, '-Y', 'tcp.stream == 1 && (smtp || tls)', '-T', 'fields', '-E', 'separator=/t',
-      '-e', '_ws.col.Protocol', '-e', '_ws.col.Info', '-e', 'smtp.response.code', '-e', 'tls.handshake.type', '-e', 'tls.record.content_type',
+    // The STARTTLS session's TCP stream: what the README's side-by-side shows.
+    const view = await run('tshark', ['-r', pcap, '-d', `tcp.port==${port},smtp`, '-Y', 'smtp || tls', '-T', 'fields', '-E', 'separator=/t',
+      '-e', 'tcp.stream', '-e', '_ws.col.Protocol', '-e', '_ws.col.Info', '-e', 'smtp.response.code', '-e', 'tls.handshake.type', '-e', 'tls.record.content_type',
       '-e', 'tls.handshake.extensions.supported_version']);
     // Columns: protocol, info, SMTP reply code, TLS handshake types, TLS record types, TLS versions.
     expect(view.status, view.stderr.toString()).toBe(0);
-    const rows = view.stdout.toString().split('\n').filter(Boolean).map((l) => l.split('\t'));
+    const all = view.stdout.toString().split('\n').filter(Boolean).map((l) => l.split('\t'));
+    const stream = all.find((r) => r[2] === 'C: STARTTLS')![0];
+    const rows = all.filter((r) => r[0] === stream).map((r) => r.slice(1));
     const firstTls = rows.findIndex((r) => /TLS/.test(r[0]));
     const smtp = rows.slice(0, firstTls);
     expect(smtp.every((r) => r[0] === 'SMTP')).toBe(true);
@@ -73,5 +98,41 @@ describe.skipIf(needsRoot('STARTTLS on the wire', 'tshark needs root to capture 
     expect(after[1][3].split(',')).toContain('2'); // Server Hello...
     expect(after[1][5].split(',')).toContain('0x0304'); // ...choosing TLS 1.3
     for (const r of after.slice(2)) expect(r[1]).toMatch(/^(Change Cipher Spec, )?Application Data(, Application Data)*$/);
+  });
+
+  it('shows of a POP3 STLS session only the dialogue up to STLS and its +OK, then TLS: no login, no message', async () => {
+    const port = String(mtad.pop3Port);
+    const pcap = path.join(dir, 'stls.pcapng');
+    const capture = await startTshark(['-i', 'lo', '-f', `tcp port ${port}`, '-d', `tcp.port==${port},pop`, '-w', pcap, '-P', '-l']);
+    try {
+      const marker = (name: string) => async (): Promise<void> => {
+        const c = await Pop3Client.connect(mtad.pop3Port!);
+        await c.cmd(`USER ${name}`);
+        await c.quit();
+      };
+      await untilCaptured(capture, marker('start.marker'), /C: USER start\.marker/);
+      const r = await run('curl', ['--silent', '--show-error', '--ssl-reqd', '--cacert', path.join(dir, 'cert.pem'),
+        '--user', 'alice:alice-secret-pw', `pop3://localhost:${port}/2`]); // the sealed one of the test above
+      expect(r.status, r.stderr.toString()).toBe(0);
+      expect(r.stdout.toString()).toContain('Nobody on the wire reads this.');
+      // The end marker, once captured, comes after all of curl's packets.
+      await marker('end.marker')();
+      await capture.waitFor(/C: USER end\.marker/, 30000);
+    } finally {
+      await capture.stop();
+    }
+    const bytes = fs.readFileSync(pcap);
+    expect(bytes.includes('alice-secret-pw')).toBe(false);
+    expect(bytes.includes('Nobody on the wire reads this.')).toBe(false);
+    // tshark 4.0's POP dissector does not follow STLS into TLS (it shows the records as POP lines), so the
+    // bytes themselves are read: the plaintext dialogue ends at STLS's +OK, and a TLS handshake record follows it.
+    const text = bytes.toString('latin1');
+    expect(text).toContain('STLS\r\n');
+    const ok = text.indexOf('+OK Begin TLS negotiation now.\r\n');
+    expect(ok).toBeGreaterThan(0);
+    expect(text.indexOf('\x16\x03\x01', ok)).toBeGreaterThan(ok); // a Client Hello's record header
+    expect(text).not.toContain('USER alice');
+    expect(text).not.toContain('PASS ');
+    expect(text).not.toContain('AUTH PLAIN');
   });
 });
