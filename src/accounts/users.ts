@@ -84,16 +84,30 @@ const NOBODY_HASH = `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${Buffer.alloc(1
 export async function checkPassword(password: string, stored: string | undefined): Promise<boolean> {
   const real = stored !== undefined ? parseHash(stored) : null;
   const h = real ?? parseHash(NOBODY_HASH)!;
-  const got = await new Promise<Buffer | null>((resolve) => {
-    // A hash with parameters scrypt refuses is a failed login like any other.
-    try {
-      crypto.scrypt(password, h.salt, h.hash.length, h.params, (err, key) => resolve(err ? null : key));
-    } catch {
-      resolve(null);
-    }
-  });
+  // At most SCRYPT_AT_ONCE at a time: libuv's pool has four threads, and the
+  // mailbox appends and fsyncs that SMTP's 250 waits for need them too.
+  while (scrypting >= SCRYPT_AT_ONCE) await new Promise<void>((r) => scryptWaiters.push(r));
+  scrypting++;
+  let got: Buffer | null;
+  try {
+    got = await new Promise<Buffer | null>((resolve) => {
+      // A hash with parameters scrypt refuses is a failed login like any other.
+      try {
+        crypto.scrypt(password, h.salt, h.hash.length, h.params, (err, key) => resolve(err ? null : key));
+      } catch {
+        resolve(null);
+      }
+    });
+  } finally {
+    scrypting--;
+    scryptWaiters.shift()?.();
+  }
   return got !== null && crypto.timingSafeEqual(h.hash, got) && real !== null;
 }
+
+const SCRYPT_AT_ONCE = 2;
+let scrypting = 0;
+const scryptWaiters: Array<() => void> = [];
 
 function parseHash(stored: string): { salt: Buffer; hash: Buffer; params: { N: number; r: number; p: number } } | null {
   const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored);

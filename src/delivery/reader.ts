@@ -28,6 +28,8 @@ export interface StoredMessage {
   size: number;
   /** The unique id mtad wrote into its entry (see entryPrefix), or null for others' messages. */
   uidl: string | null;
+  /** Where mtad's X-UIDL line is, [start, end) with its LF: kept in the mbox, left out of what RETR sends. */
+  uidlLine?: [number, number];
   /** Dovecot's "FOLDER INTERNAL DATA" entry: never listed, never removed. */
   internal: boolean;
   /** For a message named by its content (no X-UIDL): that hash, before the occurrence number. */
@@ -127,6 +129,7 @@ interface Open {
   headerLine: number;
   inHeader: boolean;
   uidl: string | null;
+  uidlLine?: [number, number];
   internal: boolean;
   lastLineEmpty: boolean;
   /** The snapshot ends inside this message's last line: RETR ends that line with CRLF. */
@@ -222,7 +225,10 @@ class Scanner {
       // mtad's entry: Return-Path, Delivered-To, X-UIDL, in that order, written before any byte of the sender's.
       if (n === 1 && !text.startsWith('Return-Path:')) m.headerLine = 99;
       else if (n === 2 && !text.startsWith('Delivered-To:')) m.headerLine = 99;
-      else if (n === 3) m.uidl = UIDL_RE.exec(text)?.[1] ?? null;
+      else if (n === 3) {
+        m.uidl = UIDL_RE.exec(text)?.[1] ?? null;
+        if (m.uidl !== null) m.uidlLine = [start, next];
+      }
       if (m.start === 0 && /^X-IMAP(base)?:/i.test(text)) m.internal = true;
     }
   }
@@ -236,8 +242,10 @@ class Scanner {
     let lfs = m.lfs;
     if (m.lastLineEmpty && stop - 1 >= m.bodyStart) { stop--; lfs--; }
     const len = stop - m.bodyStart;
-    const size = len + lfs - m.quoted + (len > 0 && m.lastNoLF ? 2 : 0);
-    this.messages.push({ start: m.start, bodyStart: m.bodyStart, end: stop, size, uidl: m.uidl, internal: m.internal });
+    // mtad's X-UIDL line is not sent: its bytes and the CR its LF would have gained.
+    const hidden = m.uidlLine ? m.uidlLine[1] - m.uidlLine[0] + 1 : 0;
+    const size = len + lfs - m.quoted + (len > 0 && m.lastNoLF ? 2 : 0) - hidden;
+    this.messages.push({ start: m.start, bodyStart: m.bodyStart, end: stop, size, uidl: m.uidl, uidlLine: m.uidlLine, internal: m.internal });
   }
 }
 

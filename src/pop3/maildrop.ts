@@ -85,27 +85,34 @@ export class Maildrop {
     return this.messages.reduce((n, m, i) => n + (this.deleted.has(i) ? 0 : m.size), 0);
   }
 
-  /** The message's bytes as stored (after the From_ line), in chunks; checks first that it is still where it was. */
+  /**
+   * The message's bytes as stored (after the From_ line, without mtad's X-UIDL
+   * line), in chunks; checks first that it is still where it was.
+   */
   async *stored(m: StoredMessage, chunkSize = 64 * 1024): AsyncGenerator<Buffer> {
     if (!this.fh) return;
+    const [skipFrom, skipTo] = m.uidlLine ?? [m.end, m.end];
     if (m.end - m.start <= SYNC_READ_MAX) {
       const entry = Buffer.allocUnsafe(m.end - m.start);
       const n = fs.readSync(this.fh.fd, entry, 0, entry.length, m.start);
       if (n !== entry.length || !entry.subarray(0, FROM.length).equals(FROM)) {
         throw new MaildropError('the mailbox was changed by another program during this session');
       }
-      yield entry.subarray(m.bodyStart - m.start);
+      yield entry.subarray(m.bodyStart - m.start, skipFrom - m.start);
+      if (skipTo < m.end) yield entry.subarray(skipTo - m.start);
       return;
     }
     const head = Buffer.alloc(FROM.length);
     await this.fh.read(head, 0, head.length, m.start);
     if (!head.equals(FROM)) throw new MaildropError('the mailbox was changed by another program during this session');
     const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(1, m.end - m.bodyStart)));
-    for (let pos = m.bodyStart; pos < m.end;) {
-      const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, m.end - pos), pos);
-      if (bytesRead === 0) throw new MaildropError('the mailbox was cut short by another program during this session');
-      pos += bytesRead;
-      yield buf.subarray(0, bytesRead);
+    for (const [from, to] of [[m.bodyStart, skipFrom], [skipTo, m.end]]) {
+      for (let pos = from; pos < to;) {
+        const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, to - pos), pos);
+        if (bytesRead === 0) throw new MaildropError('the mailbox was cut short by another program during this session');
+        pos += bytesRead;
+        yield buf.subarray(0, bytesRead);
+      }
     }
   }
 

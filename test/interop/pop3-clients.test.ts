@@ -21,7 +21,7 @@ const MESSAGES = (tag: string): Buffer[] => [
   Buffer.from(`Subject: ${tag} three\r\nX-Token: ${tag}-3\r\nContent-Type: application/octet-stream\r\n\r\n${Buffer.from(Array.from({ length: 2 * 1024 * 1024 / 4 * 3 }, (_, i) => (i * 31) & 0xff)).toString('base64').replace(/.{76}/g, '$&\r\n')}\r\n`, 'latin1'),
 ];
 
-const TRACE = /^Return-Path: <[^>\r\n]*>\r\nDelivered-To: [^\r\n]+\r\nX-UIDL: [0-9a-f]{32}\r\nReceived: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*/;
+const TRACE = /^Return-Path: <[^>\r\n]*>\r\nDelivered-To: [^\r\n]+\r\nReceived: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*/;
 
 async function fill(m: Mtad, user: string): Promise<Buffer[]> {
   const msgs = MESSAGES(user);

@@ -63,11 +63,12 @@ describe('printable()', () => {
 describe('writers of client text', () => {
   const when = new Date(2026, 10, 7, 9, 5, 3);
 
-  it.each(HOSTILE.map((c) => [c]))('entryPrefix with %j in the sender and recipient stays three lines of printable ASCII', (c) => {
+  it.each(HOSTILE.map((c) => [c]))('entryPrefix with %j in the sender and recipient stays four lines of printable ASCII', (c) => {
     const p = entryPrefix(`ev${c}il@x${c}y\nFrom forged@evil  Sat Nov  7 09:05:03 2026`, `alice${c}@lab.test`, when);
     const lines = p.toString('latin1').split('\n');
-    expect(lines).toHaveLength(4);
-    expect(lines[3]).toBe('');
+    expect(lines).toHaveLength(5);
+    expect(lines[3]).toMatch(/^X-UIDL: [0-9a-f]{32}$/);
+    expect(lines[4]).toBe('');
     for (const l of lines) expect(PRINTABLE.test(l)).toBe(true);
     expect(lines[0]).toMatch(/^From \S+  Sat Nov  7 09:05:03 2026$/);
     expect(lines[1]).toMatch(/^Return-Path: </);
