@@ -1,11 +1,8 @@
 // Connections per client address, so that one address cannot hold every slot
 // (Postfix's smtpd_client_connection_count_limit). One counter per server: the
-// SMTP server has one, the POP3 server can have its own. This machine's own
-// loopback address is not limited, as Postfix exempts $mynetworks: local
-// submission (sendmail, mail, cron) all comes from 127.0.0.1.
-
-/** Addresses no limit applies to (counted all the same). */
-export const UNLIMITED = new Set(['127.0.0.1', '::1']);
+// SMTP server has one, the POP3 server can have its own. Every address is
+// limited, this machine's own 127.0.0.1 too: a local user is a client like any
+// other, and local submission (bin/sendmail) waits out a 421 instead of failing.
 
 /** ::ffff:192.0.2.1 (an IPv4 client on a dual-stack socket) counts as 192.0.2.1. */
 export function clientKey(address: string): string {
@@ -23,7 +20,7 @@ export class ClientCounter {
   admit(address: string): boolean {
     const key = clientKey(address);
     const n = this.open.get(key) ?? 0;
-    if (this.limit && n >= this.limit && !UNLIMITED.has(key)) return false;
+    if (this.limit && n >= this.limit) return false;
     this.open.set(key, n + 1);
     return true;
   }

@@ -167,15 +167,22 @@ describe('connections (MTAD_MAX_CLIENTS, MTAD_MAX_CLIENTS_PER_IP)', () => {
     await b.quit();
   });
 
-  it('answers a second client from the same address with 421 4.7.0 under MTAD_MAX_CLIENTS_PER_IP=1 (from 127.0.0.2: this machine\'s own 127.0.0.1 is not limited)', async () => {
+  it('answers a second client from the same address with 421 4.7.0 under MTAD_MAX_CLIENTS_PER_IP=1, this machine\'s own 127.0.0.1 included', async () => {
     const m = await mtadWith({ MTAD_MAX_CLIENTS_PER_IP: '1' });
+    const own = await SmtpClient.connect(m.port);
+    expect(own.greeting.code).toBe(220);
+    const own2 = await SmtpClient.connect(m.port);
+    expect(own2.greeting.raw).toBe('421 4.7.0 lab.test Too many connections from your address, try again later\r\n');
+    await closed(own2);
+    await own.quit();
+    await m.waitForLog(/disconnect from \S*\[127\.0\.0\.1\]/);
     const a = await SmtpClient.connect(m.port, '127.0.0.1', '127.0.0.2');
     expect(a.greeting.code).toBe(220);
     const b = await SmtpClient.connect(m.port, '127.0.0.1', '127.0.0.2');
     expect(b.greeting.raw).toBe('421 4.7.0 lab.test Too many connections from your address, try again later\r\n');
     await closed(b);
     await a.quit();
-    await m.waitForLog(/disconnect from/);
+    await m.waitForLog(/disconnect from \S*\[127\.0\.0\.2\]/);
     const c = await SmtpClient.connect(m.port, '127.0.0.1', '127.0.0.2');
     expect(c.greeting.code).toBe(220);
     await c.quit();

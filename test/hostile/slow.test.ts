@@ -1,6 +1,5 @@
 // One address must not be able to hold every connection: by default it gets 50
-// (MTAD_MAX_CLIENTS_PER_IP, as Postfix's smtpd_client_connection_count_limit; this
-// machine's own 127.0.0.1, where local submission comes from, is not limited), and a
+// (MTAD_MAX_CLIENTS_PER_IP, as Postfix's smtpd_client_connection_count_limit), and a
 // client that trickles a byte or a line every so often, which restarts any idle
 // timer, is cut all the same: a command line must be whole within MTAD_IDLE_TIMEOUT,
 // a transaction over within MTAD_TRANSACTION_TIMEOUT. Real sockets over loopback;
@@ -82,7 +81,7 @@ describe('connections from one address (MTAD_MAX_CLIENTS_PER_IP, default 50)', (
       await other.cmd('HELO other.test');
       expect((await other.send('someone@other.test', ['bob'], 'Subject: from elsewhere\r\n\r\nserved\r\n')).code).toBe(250);
       await other.quit();
-      // Nor is local submission (sendmail, cron: from 127.0.0.1) shut out by a busy neighbour.
+      // Nor is this machine's own address shut out by a busy neighbour.
       const local = await SmtpClient.connect(m.port);
       expect(local.greeting.code).toBe(220);
       await local.quit();
