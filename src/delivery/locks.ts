@@ -118,10 +118,11 @@ const MAILBOX_NAME = /^[a-z_][a-z0-9_-]*$/;
 
 /**
  * Cleans up after a killed mtad, at start-up, before any client is served.
- * An append record left in `intentDir` means we were killed during that append:
- * a mailbox whose size lies strictly between the recorded before and after sizes
- * holds a torn entry and is truncated back; any other size means the append
- * completed, or someone else wrote since, and the mailbox is left as it is.
+ * An append record in `intentDir` that names an append (before < after) means we
+ * were killed during that append or just after it: a mailbox whose size lies
+ * strictly between the recorded before and after sizes holds a torn entry and is
+ * truncated back; any other size means the append completed, or someone else
+ * wrote since, and the mailbox is left as it is. Every record is then removed.
  * Then the dotlock directories an earlier mtad left in the spool are removed,
  * whatever their age, and lock files nobody has touched for `staleMs` are broken
  * (breakStaleLock): a fresh lock file belongs to a mail reader at work.
@@ -166,6 +167,8 @@ function rollBackTornAppend(mailbox: string, record: string): number | { why: st
   // A record cut short by the kill was written before any byte of the append.
   if (!m) return 0;
   const [dev, ino, before, after] = m.slice(1).map(Number);
+  // Written before the locks went: no append was in progress.
+  if (before === after) return 0;
   const { O_WRONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
   let fd: number;
   try {

@@ -4,6 +4,7 @@
 // so that a mailbox is never left half-written (invariant 3).
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
 import { lockDotlock, lockFcntl, LockTimeout } from './locks';
 
 /** A message body in mbox form: in memory, or a byte range of a queue file. */
@@ -45,11 +46,15 @@ export interface AppendOptions {
  * appends. Holding it across several batches saves the lock round trips (open,
  * two locks, three stats, unlock, close) that otherwise dominate each batch.
  *
- * While it is held, a record of the current append sits in the queue's
- * appending/ (see sweepStaleLocks): if we are killed mid-write, the next start
- * cuts the torn entry off. The record is created once per hold and rewritten in
- * place for each append (no directory change, which the mailbox's fdatasync
- * would otherwise have to commit), and removed before the locks are released.
+ * Each append is recorded first in the queue's appending/<mailbox> (see
+ * sweepStaleLocks): if we are killed mid-write, or the power goes, the next start
+ * cuts the torn entry off. So the record is on disk before the entry's first
+ * byte: its content fdatasync'd before each append, its name (appending/
+ * fsync'd) once, when it is created. Before the locks go, it is rewritten to
+ * name no append (before = after), fdatasync'd too, so that no later change by
+ * a reader can pass for our torn append after a power cut. The file is kept from
+ * one hold to the next and rewritten in place: an fdatasync then has no size or
+ * name to commit, a fraction of the cost of creating it each time.
  * It is kept out of the lock directory, whose mtime proper-lockfile watches.
  */
 export class LockedMailbox {
@@ -57,10 +62,13 @@ export class LockedMailbox {
     private readonly fh: FileHandle,
     private readonly release: () => Promise<void>,
     private readonly st: fs.Stats,
-    private readonly intent: { file: string; fh: FileHandle },
+    private readonly intent: AppendRecord,
     /** Size after our last append: we hold both locks, so nobody else appends. */
     private size: number,
   ) {}
+
+  /** Whether this hold appended (and so left a record naming an append). */
+  private appended = false;
 
   static async open(file: string, opts: AppendOptions): Promise<LockedMailbox> {
     const fh = await openMailbox(file, opts.createMode);
@@ -75,8 +83,7 @@ export class LockedMailbox {
         if (!now || now.ino !== st.ino || now.dev !== st.dev) {
           throw new DeliveryError('4.2.0', 'mailbox was replaced while waiting for its lock');
         }
-        const intent = { file: opts.intentFile, fh: await fs.promises.open(opts.intentFile, 'w', 0o600) };
-        return new LockedMailbox(fh, release, st, intent, st.size);
+        return new LockedMailbox(fh, release, st, await openRecord(opts.intentFile), st.size);
       } catch (err) {
         await release().catch(() => undefined);
         throw err;
@@ -94,7 +101,12 @@ export class LockedMailbox {
   async append(entries: Entry[]): Promise<void> {
     const total = entries.reduce((n, e) => n + e.prefix.length + e.body.length + e.suffix.length, 0);
     try {
+      this.appended = true;
       await this.intent.fh.write(appendRecord(this.st, this.size, this.size + total), 0);
+      await this.intent.fh.datasync();
+      // After the record's own sync, which on a journalling file system has committed its name already.
+      if (!this.intent.named) await fsyncDir(path.dirname(this.intent.file));
+      this.intent.named = true;
       this.size += await writeEntries(this.fh, entries, this.size);
     } catch (err) {
       throw asDeliveryError(err);
@@ -102,11 +114,32 @@ export class LockedMailbox {
   }
 
   async close(): Promise<void> {
+    if (this.appended) {
+      await this.intent.fh.write(appendRecord(this.st, this.size, this.size), 0).then(() => this.intent.fh.datasync()).catch(() => undefined);
+    }
     await this.intent.fh.close().catch(() => undefined);
-    await fs.promises.rm(this.intent.file, { force: true }).catch(() => undefined);
+    // Never made durable by name: made again, and synced, by the next hold.
+    if (!this.intent.named) await fs.promises.rm(this.intent.file, { force: true }).catch(() => undefined);
     await this.release().catch(() => undefined);
     await this.fh.close().catch(() => undefined);
   }
+}
+
+interface AppendRecord {
+  file: string;
+  fh: FileHandle;
+  /** Whether appending/ has been fsync'd since the record was created. */
+  named: boolean;
+}
+
+/** The mailbox's append record, created (not yet named) if this is the first hold since mtad started. */
+async function openRecord(file: string): Promise<AppendRecord> {
+  try {
+    return { file, fh: await fs.promises.open(file, O_WRONLY | O_NOFOLLOW), named: true };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  return { file, fh: await fs.promises.open(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600), named: false };
 }
 
 /** "dev ino before after\n", numbers zero-padded so that every record has one length and overwrites the last whole. */
@@ -122,12 +155,21 @@ async function openMailbox(file: string, createMode: number): Promise<FileHandle
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' || tries > 2) throw asDeliveryError(err);
     }
+    let fh: FileHandle;
     try {
-      const fh = await fs.promises.open(file, OPEN_FLAGS | O_CREAT | O_EXCL, createMode);
-      await fh.chmod(createMode); // not narrowed by the umask
-      return fh;
+      fh = await fs.promises.open(file, OPEN_FLAGS | O_CREAT | O_EXCL, createMode);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw asDeliveryError(err);
+      continue;
+    }
+    try {
+      await fh.chmod(createMode); // not narrowed by the umask
+      // A new mailbox's name must be on disk before a 250 rests on what is appended to it.
+      await fsyncDir(path.dirname(file));
+      return fh;
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      throw asDeliveryError(err);
     }
   }
 }
@@ -166,6 +208,16 @@ async function writeEntries(fh: FileHandle, entries: Entry[], oldSize: number): 
     // Roll back to the size the mailbox had when we locked it.
     await fh.truncate(oldSize).then(() => fh.sync()).catch(() => undefined);
     throw err;
+  }
+}
+
+/** Makes the names in a directory durable: a file just created or renamed there is found after a power cut. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 

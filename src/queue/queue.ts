@@ -8,7 +8,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Body, writeAllv } from '../delivery/mailbox';
+import { Body, fsyncDir, writeAllv } from '../delivery/mailbox';
 
 export interface Recipient {
   /** The address the client gave, for the log. */
@@ -117,7 +117,7 @@ export class Queue {
     try {
       if (state) await this.saveState(id, state, false);
       await fs.promises.rename(tmp, this.activePath(id));
-      await fsyncDirAsync(this.activeDir);
+      await fsyncDir(this.activeDir);
     } catch (err) {
       // A full disk can stop us between the state and the rename: leave no orphan state.
       await fs.promises.rm(path.join(this.tmpDir, `${id}.state`), { force: true }).catch(() => undefined);
@@ -140,7 +140,7 @@ export class Queue {
       await fh.close();
     }
     await fs.promises.rename(tmp, this.statePath(id));
-    if (syncDir) await fsyncDirAsync(this.activeDir);
+    if (syncDir) await fsyncDir(this.activeDir);
   }
 
   async remove(id: string): Promise<void> {
@@ -181,9 +181,4 @@ export class Queue {
     }
     return { message: { envelope, body: { kind: 'file', path: file, offset, length: size - offset } }, state };
   }
-}
-
-async function fsyncDirAsync(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
 }

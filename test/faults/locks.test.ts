@@ -7,8 +7,8 @@
 // kill.test.ts has it read and append to every mailbox after the kills.
 //
 // To observe mtad *during* an append, the test makes the disk slow: strace delays
-// mtad's fdatasync(2), which the append calls after writing, with both locks
-// held. Nothing else about mtad changes. While it is held every locker fails to
+// mtad's fdatasync(2), which the append calls with both locks held (the append
+// record's before writing and before unlocking, the mailbox's after writing). Nothing else about mtad changes. While it is held every locker fails to
 // lock without waiting, a waiting locker gets the lock only once the append is
 // over and then sees the whole message, and mtad has the mailbox open exactly
 // once (a second open and close would drop its fcntl lock).
@@ -19,7 +19,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 import { watchOutput } from '../helpers/wait';
-import { dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
+import { appendInProgress, dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
 
 // Holds the lock until a line arrives on stdin; retries (and says so once) while someone else has it.
 const PY_LOCKER = `
@@ -55,8 +55,8 @@ except OSError:
 let mtad: Mtad;
 let box: string;
 let lock: string;
-/** mtad's record of an append to alice's mailbox in progress (it exists exactly while one is). */
-const appendRecord = (): string => path.join(mtad.queue, 'appending', 'alice');
+/** Whether mtad's record says an append to alice's mailbox is under way. */
+const appending = (): boolean => appendInProgress(mtad.queue, 'alice') !== null;
 beforeAll(async () => {
   mtad = await startMtad({
     users: ['alice'],
@@ -215,8 +215,9 @@ const HOLD_US = 2_500_000;
 /**
  * Holds mtad inside an append: strace, attached to all its threads, delays every
  * fdatasync(2) by HOLD_US, as a slow disk would. Only the mailbox append calls
- * fdatasync (the queue uses fsync), and it does so with both locks held, after
- * writing. Resolves once an append is in progress; returns the token and the
+ * fdatasync (the queue uses fsync), three times, all with the locks held: the
+ * append record's before writing, the mailbox's after, the record's again before
+ * unlocking; the hold is three times HOLD_US. Resolves once an append is in progress; returns the token and the
  * pending 250, and the way to detach.
  */
 async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
@@ -236,7 +237,7 @@ async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ deli
       strace.on('exit', (code) => { clearTimeout(timer); reject(new Error(`strace exited ${code} before attaching: ${err}`)); });
     });
     const delivered = send(token).then(() => token);
-    await until(() => fs.existsSync(appendRecord()), 30000, 'an append in progress');
+    await until(appending, 30000, 'an append in progress');
     return { delivered, detach };
   } catch (e) {
     // Never leave strace attached to mtad after a failed wait: every later test would crawl.
@@ -299,8 +300,10 @@ describe('mtad holds the mailbox while it appends', () => {
   for (const w of waiters) {
     it(`${w.name} cannot lock it and waits; mtad has the mailbox open once`, async () => {
       const token = `slow-${w.name.replace(/\W+/g, '-')}`;
-      // 8 s: long enough for the probes below (each a new process) on a loaded machine.
-      const { delivered, detach } = await holdInsideAppend(token, 8_000_000);
+      // Three syncs of 3 s, 9 s under the locks: long enough for the probes below (each
+      // a new process) on a loaded machine, and less than the 10 s after which
+      // mutt_dotlock -r 30 stops waiting on a lock directory and goes ahead (exit 0).
+      const { delivered, detach } = await holdInsideAppend(token, 3_000_000);
       let locked = false;
       let waiting: ReturnType<Waiter['wait']> | undefined;
       try {
@@ -309,7 +312,7 @@ describe('mtad holds the mailbox while it appends', () => {
         expect(w.tryOnce()).toBe(false);
         waiting = w.wait();
         // The moment the waiter gets the lock, mtad's append must be over.
-        const intentWhenLocked = waiting.done.then(() => { locked = true; return fs.existsSync(appendRecord()); });
+        const intentWhenLocked = waiting.done.then(() => { locked = true; return appending(); });
         expect(await intentWhenLocked).toBe(false);
         // The waiter holds the lock now: what it sees is the whole new message.
         const tokens = tokensByPython(box);
@@ -328,25 +331,26 @@ describe('mtad holds the mailbox while it appends', () => {
   }
 
   it('an append longer than the dotlock refresh period (5 s) keeps its lock sound and removes it after', async () => {
-    const { delivered, detach } = await holdInsideAppend('slow-6s', 6_000_000);
+    // Three syncs of 3 s: 6 s to the 250, 9 s under the locks.
+    const { delivered, detach } = await holdInsideAppend('slow-9s', 3_000_000);
     try {
       await delivered;
-      // mtad may hold the mailbox a few ms after the 250, waiting for a next append.
+      // After the 250 mtad syncs its append record (slowed down too) before it unlocks.
       await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
       expect(mtad.output()).not.toMatch(/compromised/);
-      expect(tokensByPython(box).at(-1)).toBe('slow-6s');
+      expect(tokensByPython(box).at(-1)).toBe('slow-9s');
     } finally {
       await detach();
     }
   });
 
-  it('Dovecot appending meanwhile waits for the append to end (its lock timeout is 5 s, the hold 2.5 s)', async () => {
+  it('Dovecot appending meanwhile waits for the append to end (its lock timeout is 5 s, the hold 3 s)', async () => {
     const token = 'slow-for-dovecot';
-    const { delivered, detach } = await holdInsideAppend(token);
+    const { delivered, detach } = await holdInsideAppend(token, 1_000_000);
     try {
       const answer = dovecotImapAsync(box, [imapAppend('a', 'From: dovecot@lab.test\nSubject: imap\nX-Token: via-dovecot\n\nappended over IMAP\n'), 'b LOGOUT']);
       // When Dovecot is done, mtad's append must have been over for it to start.
-      const intentWhenDone = answer.then(() => fs.existsSync(appendRecord()));
+      const intentWhenDone = answer.then(appending);
       expect(await intentWhenDone).toBe(false);
       expect(/^a (OK|NO|BAD).*$/m.exec(await answer)?.[0]).toMatch(/^a OK/);
       await delivered;

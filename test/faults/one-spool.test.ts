@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { instanceEnv, Mtad, removeInstance, ROOT, runCli, startMtad } from '../helpers/mtad';
-import { sendToken, tokensByPython, until } from './readers';
+import { appendInProgress, sendToken, tokensByPython, until } from './readers';
 
 let first: Mtad;
 let spoolLink: string;
@@ -25,7 +25,7 @@ afterAll(async () => {
 
 /** Resolves once mtad has let go of these mailboxes: it keeps one locked a few ms after its last append, waiting for more. */
 async function idle(m: Mtad, users: string[]): Promise<void> {
-  await until(() => users.every((u) => !fs.existsSync(`${m.mailbox(u)}.lock`) && !fs.existsSync(path.join(m.queue, 'appending', u))), 30000, 'mtad to release the mailboxes');
+  await until(() => users.every((u) => !fs.existsSync(`${m.mailbox(u)}.lock`) && !appendInProgress(m.queue, u)), 30000, 'mtad to release the mailboxes');
 }
 
 /** What the first mtad has on disk that a second one's start-up sweep would change. */

@@ -102,6 +102,23 @@ export function dotlockUsersCanLock(mailbox: string): { dotlockfile: boolean; lo
   return { dotlockfile: dl.status === 0, lockfile: pl.status === 0, mutt_dotlock: md.status === 0 };
 }
 
+/**
+ * The append that mtad's record (<queue>/appending/<user>) says is under way on
+ * that mailbox, or null when none is: the record stays between appends, naming
+ * none (before = after).
+ */
+export function appendInProgress(queueDir: string, user: string): { before: number; after: number } | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(queueDir, 'appending', user), 'utf8');
+  } catch {
+    return null;
+  }
+  const m = /^(\d+) (\d+) (\d+) (\d+)\n$/.exec(text);
+  if (!m || m[3] === m[4]) return null;
+  return { before: Number(m[3]), after: Number(m[4]) };
+}
+
 /** Runs a program to completion without a shell. */
 export function run(cmd: string, args: string[], opts: { input?: string | Buffer; timeout?: number } = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(cmd, args, { input: opts.input, encoding: 'latin1', timeout: opts.timeout ?? 30000 });

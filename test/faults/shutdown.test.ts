@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { Reply, SmtpClient } from '../helpers/smtp';
-import { tokensByPython, until } from './readers';
+import { appendInProgress, tokensByPython, until } from './readers';
 
 const GRACE = 2;
 let mtad: Mtad | null = null;
@@ -106,7 +106,8 @@ describe('SIGTERM', () => {
     process.stdout.write(`shutdown during DATA, client stalled: 421, exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
   });
 
-  for (const [label, holdSeconds] of [['shorter', 1], ['longer', GRACE + 2]] as const) {
+  // Each fdatasync is delayed by holdSeconds; an append makes three (its record's, twice, and the mailbox's).
+  for (const [label, holdSeconds] of [['shorter', 0.3], ['longer', GRACE]] as const) {
     it(`during a delivery ${label} than the grace time: the client gets 421 or its 250, the message is kept, exit 0`, async () => {
       const m = await boot();
       const first = await SmtpClient.connect(m.port);
@@ -127,7 +128,7 @@ describe('SIGTERM', () => {
         const reply = c.send('a@client.test', ['alice@lab.test'], 'Subject: held\r\nX-Token: held\r\n\r\nEND held\r\n').catch((e: Error) => e);
         // The record of this append (not of the first one, which may linger while
         // mtad holds the mailbox) starts where the first message ended.
-        await until(() => appendRecordStart(path.join(m.queue, 'appending', 'alice')) === firstSize, 30000, 'the append');
+        await until(() => appendInProgress(m.queue, 'alice')?.before === firstSize, 30000, 'the append');
         const exit = await terminate(m);
         const r = await reply;
         c.close();
@@ -145,13 +146,3 @@ describe('SIGTERM', () => {
     });
   }
 });
-
-/** Where the append recorded in `record` starts (its "before" size), or -1 when there is none. */
-function appendRecordStart(record: string): number {
-  try {
-    const m = /^(\d+) (\d+) (\d+) (\d+)\n$/.exec(fs.readFileSync(record, 'utf8'));
-    return m ? Number(m[3]) : -1;
-  } catch {
-    return -1;
-  }
-}

@@ -1,0 +1,179 @@
+// "250 means durable" (invariant 2; issue 9 item 3, issue 10 item 6), checked
+// where a kill -9 cannot see it: a kill keeps the page cache, so a missing fsync
+// loses nothing there. A power cut keeps only what was synced, in the order it
+// was synced. So mtad runs under strace, and for every acknowledged message the
+// trace must show, before the 250 is written to the client's socket:
+//   - delivered at once: each mailbox fdatasync'd after the message's bytes were
+//     written; before those bytes, the append record (queue/appending/<user>)
+//     fdatasync'd after it was written, and appending/ fsync'd after the record
+//     was created; a mailbox created for it, the spool directory fsync'd; and,
+//     before the mailbox's dotlock is released, the record's last write (back
+//     to "no append") fdatasync'd, so that a reader's later change cannot pass
+//     for a torn append after a power cut;
+//   - queued (the mailbox was locked): the queue file fsync'd after its last
+//     write, then renamed from tmp/ into active/, then active/ fsync'd.
+// Remove any one of those syncs from src/ and this test fails.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { skipping } from '../helpers/skip';
+import { sendToken, tokensByPython, until } from './readers';
+
+const TRACED = ['rmdir', 'openat', 'write', 'writev', 'pwrite64', 'pwritev', 'pwritev2', 'fsync', 'fdatasync', 'rename', 'renameat', 'renameat2', 'sendto', 'sendmsg'];
+
+function straceUnusable(): string | null {
+  const r = spawnSync('strace', ['-f', '-qq', '-o', '/dev/null', 'true'], { encoding: 'utf8' });
+  if (r.error) return `strace is not installed (${(r.error as NodeJS.ErrnoException).code}; Debian package strace)`;
+  if (r.status !== 0) return `strace cannot trace here: ${r.stderr.trim()}`;
+  return null;
+}
+const unusable = straceUnusable();
+
+/** One system call of the trace: where it started and ended (line numbers), its fd's path (strace -y) and text. */
+interface Call {
+  name: string;
+  start: number;
+  end: number;
+  fdPath: string;
+  args: string;
+  ret: string;
+}
+
+/** Parses `strace -f -y` output; a call split by another thread's ("<unfinished ...>", "<... resumed>") ends where it resumes. */
+function parseTrace(text: string): Call[] {
+  const calls: Call[] = [];
+  const open = new Map<string, { name: string; start: number; args: string }>();
+  text.split('\n').forEach((line, i) => {
+    let m = /^(\d+) +([a-z0-9_]+)\((.*) <unfinished \.\.\.>$/.exec(line);
+    if (m) { open.set(m[1], { name: m[2], start: i, args: m[3] }); return; }
+    m = /^(\d+) +<\.\.\. ([a-z0-9_]+) resumed>(.*)\) += (.*)$/.exec(line);
+    if (m) {
+      const o = open.get(m[1]);
+      open.delete(m[1]);
+      if (o && o.name === m[2]) calls.push(call(o.name, o.start, i, o.args + m[3], m[4]));
+      return;
+    }
+    m = /^(\d+) +([a-z0-9_]+)\((.*)\) += (.*)$/.exec(line);
+    if (m) calls.push(call(m[2], i, i, m[3], m[4]));
+  });
+  return calls;
+}
+
+function call(name: string, start: number, end: number, args: string, ret: string): Call {
+  const fd = /^-?\d+<([^>]*)>/.exec(args);
+  return { name, start, end, args, ret, fdPath: fd ? fd[1] : '' };
+}
+
+const WRITES = new Set(['write', 'writev', 'pwrite64', 'pwritev', 'pwritev2']);
+const SYNCS = new Set(['fsync', 'fdatasync']);
+const ok = (c: Call): boolean => !c.ret.startsWith('-1');
+
+/** What must precede each acknowledgement: a list of what is missing (empty when all is in order). */
+function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): string[] {
+  const missing: string[] = [];
+  const need = (cond: unknown, what: string): void => { if (!cond) missing.push(what); };
+  const lastBefore = (at: number, f: (c: Call) => boolean): Call | undefined => calls.filter((c) => c.end < at && f(c)).at(-1);
+  const syncOf = (p: (path: string) => boolean, after: number, before: number): Call | undefined =>
+    calls.find((c) => SYNCS.has(c.name) && ok(c) && p(c.fdPath) && c.start > after && c.end < before);
+  for (const s of sent) {
+    const ack = calls.find((c) => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes(`queued as ${s.id}`));
+    need(ack, `${s.id}: the 250 written to the socket`);
+    if (!ack) continue;
+    const rename = calls.find((c) => c.name.startsWith('rename') && c.args.includes(`/tmp/${s.id}"`) && c.args.includes(`/active/${s.id}"`) && c.end < ack.start);
+    if (s.queued) {
+      need(rename, `${s.id}: the queue file renamed from tmp/ into active/ before the 250`);
+      if (!rename) continue;
+      const isFile = (p: string): boolean => p === path.join(queue, 'tmp', s.id) || p === path.join(queue, 'active', s.id);
+      const w = lastBefore(rename.start, (c) => WRITES.has(c.name) && isFile(c.fdPath));
+      need(w, `${s.id}: a write of the queue file`);
+      if (w) need(syncOf(isFile, w.end, rename.start), `${s.id}: the queue file fsync'd after its last write and before its rename`);
+      need(syncOf((p) => p === path.join(queue, 'active'), rename.end, ack.start), `${s.id}: active/ fsync'd after the rename and before the 250`);
+      continue;
+    }
+    need(!rename, `${s.id}: delivered at once, not queued`);
+    for (const user of s.users) {
+      const box = path.join(spool, user);
+      const record = path.join(queue, 'appending', user);
+      const first = calls.find((c) => WRITES.has(c.name) && c.fdPath === box && c.args.includes(`X-Token: ${s.token}`) && c.end < ack.start);
+      need(first, `${s.id}: its bytes written to ${user}'s mailbox before the 250`);
+      if (!first) continue;
+      const sync = calls.find((c) => SYNCS.has(c.name) && c.fdPath === box && c.start > first.end);
+      need(sync && ok(sync) && sync.end < ack.start, `${s.id}: ${user}'s mailbox fdatasync'd after the message's bytes and before the 250`);
+      const unlock = calls.find((c) => c.name === 'rmdir' && c.args.startsWith(`"${box}.lock"`) && c.start > first.end);
+      need(unlock, `${s.id}: ${user}'s dotlock released after the append`);
+      const idle = unlock && lastBefore(unlock.start, (c) => WRITES.has(c.name) && c.fdPath === record);
+      need(idle && idle.start > (sync?.end ?? Infinity), `${s.id}: the append record of ${user} rewritten after the append and before the dotlock is released`);
+      if (unlock && idle) need(syncOf((p) => p === record, idle.end, unlock.start), `${s.id}: the append record of ${user} fdatasync'd after its last rewrite and before the dotlock is released`);
+      const rec = lastBefore(first.start, (c) => WRITES.has(c.name) && c.fdPath === record);
+      need(rec, `${s.id}: the append record of ${user} written before the message's bytes`);
+      if (rec) need(syncOf((p) => p === record, rec.end, first.start), `${s.id}: the append record of ${user} fdatasync'd before the message's bytes`);
+      const created = lastBefore(first.start, (c) => c.name === 'openat' && c.args.includes(`"${record}"`) && c.args.includes('O_CREAT') && ok(c));
+      need(created, `${s.id}: the append record of ${user} created before the message's bytes`);
+      if (created) need(syncOf((p) => p === path.join(queue, 'appending'), created.end, first.start), `${s.id}: appending/ fsync'd after the record of ${user} was created and before the message's bytes`);
+      const made = lastBefore(first.start, (c) => c.name === 'openat' && c.args.includes(`"${box}"`) && c.args.includes('O_EXCL') && ok(c));
+      if (s.creates?.includes(user)) need(made, `${s.id}: ${user}'s mailbox created for it`);
+      if (made) need(syncOf((p) => p === spool, made.end, ack.start), `${s.id}: the spool directory fsync'd after ${user}'s mailbox was created and before the 250`);
+    }
+  }
+  return missing;
+}
+
+interface Sent {
+  id: string;
+  token: string;
+  users: string[];
+  queued: boolean;
+  /** Mailboxes that this message's delivery creates. */
+  creates?: string[];
+}
+
+describe.skipIf(skipping(unusable !== null, 'durability order under strace', unusable ?? ''))('every sync a 250 rests on comes before it (mtad under strace)', () => {
+  let m: Mtad;
+  let dir: string;
+  let trace: string;
+  const sent: Sent[] = [];
+  beforeAll(async () => {
+    dir = makeInstance({ users: ['alice', 'bob', 'carol', 'dave'] });
+    trace = path.join(dir, 'strace.out');
+    m = await startMtad({
+      dir,
+      env: { MTAD_LOCK_TIMEOUT: '0.5', MTAD_RETRY_MIN_DELAY: '0.3', MTAD_RETRY_MAX_DELAY: '0.5' },
+      wrapper: ['strace', '-f', '-qq', '-y', '-s', '4096', '-e', `trace=${TRACED.join(',')}`, '-e', 'signal=none', '-o', trace],
+    });
+  });
+  afterAll(() => { removeInstance(dir); });
+
+  async function send(user: string, token: string, size = 0, extra: Partial<Sent> = {}): Promise<void> {
+    const id = await sendToken(m.port, user, token, size);
+    sent.push({ id, token, users: [user], queued: false, ...extra });
+  }
+
+  it('delivered at once, queued, new mailboxes, batches and spilled bodies alike', async () => {
+    // carol's mailbox does not exist yet: this delivery creates it.
+    await send('carol', 'creates-carol', 0, { creates: ['carol'] });
+    // Several at once to one mailbox: appended in batches under one hold.
+    await Promise.all([1, 2, 3, 4, 5, 6].map((n) => send('alice', `batch-${n}`)));
+    // Past 256 KiB the body is spilled to the queue's tmp/ while it arrives, and copied from there.
+    await send('bob', 'spilled-direct', 400_000);
+    // A reader holds dave's mailbox: the message goes to the queue, small and spilled.
+    const lock = `${m.mailbox('dave')}.lock`;
+    fs.writeFileSync(lock, '');
+    await send('dave', 'queued-small', 0, { queued: true });
+    await send('dave', 'queued-spilled', 400_000, { queued: true });
+    fs.rmSync(lock);
+    await until(() => tokensByPython(m.mailbox('dave')).length === 2, 30000, 'the queued messages to be delivered');
+
+    // mtad (strace's child) stops; strace ends with it, its trace complete.
+    const child = Number(fs.readFileSync(`/proc/${m.proc.pid}/task/${m.proc.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    process.kill(child, 'SIGTERM');
+    if (m.proc.exitCode === null) await new Promise((r) => m.proc.once('exit', r));
+    expect(m.output()).toMatch(/stopped/);
+
+    const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
+    expect(calls.filter((c) => SYNCS.has(c.name)).length, 'the trace holds syncs').toBeGreaterThan(0);
+    expect(sent).toHaveLength(10);
+    expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
+  });
+});
