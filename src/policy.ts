@@ -69,13 +69,15 @@ export function resolveRecipient(raw: string, address: string, dir: Directory, l
   if (raw.startsWith('@')) return deny(relayDenied(shown));
   const parts = splitAddress(address);
   if (!parts) return deny(badRecipientSyntax(shown));
-  const { localPart, domain } = parts;
+  const { localPart, domain, quoted } = parts;
   if (domain !== undefined && !isLocalDomain(domain, local)) return deny(relayDenied(shown));
   // user%host@us, host!user@us, "user@host"@us: the old relay hacks.
   if (/[%!@]/.test(localPart)) return deny(relayDenied(shown));
   // Control characters are no address (SMTP refuses them before this); 8-bit ones need SMTPUTF8.
   if (/[\x00-\x1f\x7f]/.test(localPart)) return deny(badRecipientSyntax(shown));
   if (!isPrintableAscii(localPart)) return deny(nonAsciiRecipient(shown));
+  // Unquoted, a local part is a dot-string (RFC 5321 4.1.2): a space or a special needs quotes.
+  if (!quoted && /[ "(),:;<>[\\\]]/.test(localPart)) return deny(badRecipientSyntax(shown));
   return resolveLocal(localPart, shown, dir, local);
 }
 
@@ -85,10 +87,11 @@ export function resolveRecipient(raw: string, address: string, dir: Directory, l
  * after the last "@". Null for what is no address at all: an unterminated quote,
  * text after the closing quote, an empty local part or domain.
  */
-export function splitAddress(address: string): { localPart: string; domain?: string } | null {
+export function splitAddress(address: string): { localPart: string; domain?: string; quoted: boolean } | null {
   let localPart: string;
   let rest: string;
-  if (address.startsWith('"')) {
+  const quoted = address.startsWith('"');
+  if (quoted) {
     const m = /^"((?:[^"\\]|\\.)*)"(.*)$/s.exec(address);
     if (!m) return null;
     localPart = m[1].replace(/\\(.)/gs, '$1');
@@ -100,9 +103,9 @@ export function splitAddress(address: string): { localPart: string; domain?: str
     rest = at < 0 ? '' : address.slice(at);
   }
   if (!localPart) return null;
-  if (!rest) return { localPart };
+  if (!rest) return { localPart, quoted };
   const domain = rest.slice(1);
-  return domain ? { localPart, domain } : null;
+  return domain ? { localPart, domain, quoted } : null;
 }
 
 /**
@@ -114,6 +117,8 @@ function resolveLocal(localPart: string, shown: string, dir: Directory, local: L
   const whole = resolveName(name, shown, dir, local);
   const cut = whole.ok || whole.warning ? -1 : firstDelimiter(name, local.delimiter ?? '');
   if (cut <= 0) return whole;
+  // An extension is address text (it goes into Delivered-To): atext only, no space or specials.
+  if (!/^[a-z0-9!#$%&'*+\-/=?^_`{|}~.]+$/.test(name.slice(cut))) return whole;
   const base = resolveName(name.slice(0, cut), shown, dir, local);
   return base.ok ? { ...base, extension: name.slice(cut) } : whole;
 }
