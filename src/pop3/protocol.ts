@@ -90,12 +90,6 @@ export function decodePlain(b64: string): { user: string; password: string } | n
   return { user, password };
 }
 
-/** A client-chosen string as it may appear in a log line: printable ASCII only, cut short. */
-export function shown(s: string, max = 64): string {
-  const p = s.replace(/[^\x20-\x7e]/g, '?');
-  return p.length > max ? `${p.slice(0, max)}...` : p;
-}
-
 export const CAPABILITIES = [
   'CAPA', 'TOP', 'UIDL', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', 'USER', 'SASL PLAIN', 'IMPLEMENTATION mtad',
 ];

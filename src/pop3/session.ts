@@ -14,9 +14,10 @@ import { checkPassword } from '../accounts/users';
 import { isValidName } from '../accounts/names';
 import { WireEncoder } from '../delivery/reader';
 import { log } from '../log';
+import { printable } from '../text';
 import type { TlsFiles } from '../tls';
 import { Maildrop, MaildropContext, MaildropError } from './maildrop';
-import { CAPABILITIES, Command, decodePlain, Line, LineReader, multiline, parseCommand, parseNumber, shown } from './protocol';
+import { CAPABILITIES, Command, decodePlain, Line, LineReader, multiline, parseCommand, parseNumber } from './protocol';
 
 export interface SessionDeps {
   hostname: string;
@@ -34,6 +35,9 @@ export interface SessionDeps {
   /** USER, PASS and AUTH only after STLS (MTAD_TLS_REQUIRED). */
   tlsRequired: boolean;
 }
+
+/** How a client-chosen string (a user name, a command) appears in the log and the trace. */
+const LOGGED = { max: 64, show: 'escape' } as const;
 
 /** Failed logins that end a session, as in Dovecot. */
 const MAX_AUTH_FAILURES = 3;
@@ -184,7 +188,7 @@ export class Pop3Session {
       return this.plain(line.text);
     }
     const cmd = parseCommand(line.text);
-    this.traceLine(`C: ${cmd.name === 'PASS' ? 'PASS [password]' : cmd.name === 'AUTH' && cmd.args.length > 1 ? `AUTH ${shown(cmd.args[0])} [credentials]` : shown(line.text, 200)}`);
+    this.traceLine(`C: ${cmd.name === 'PASS' ? 'PASS [password]' : cmd.name === 'AUTH' && cmd.args.length > 1 ? `AUTH ${printable(cmd.args[0], LOGGED)} [credentials]` : printable(line.text, { ...LOGGED, max: 200 })}`);
     if (this.state === 'authorization') return this.authorization(cmd);
     return this.transaction(cmd);
   }
@@ -238,7 +242,7 @@ export class Pop3Session {
       await new Promise((r) => setTimeout(r, this.deps.authDelayMs));
       if (this.isClosed) return;
       this.reply('-ERR [AUTH] Authentication failed.');
-      this.lastTried = `user=<${shown(name ?? '')}>, method=${method}, `;
+      this.lastTried = `user=<${printable(name ?? '', LOGGED)}>, method=${method}, `;
       if (this.authFailures >= MAX_AUTH_FAILURES) return this.end('Too many failed logins');
       return;
     }
