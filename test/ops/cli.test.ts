@@ -42,7 +42,8 @@ describe('mtad --check', () => {
   it('shows what mtad would listen on and accept for, and exits 0', async () => {
     const dir = instance({ users: ['alice', 'bob'], aliases: 'MAILER-DAEMON: postmaster\npostmaster: alice\nteam: alice, bob@lab.test\n' });
     const port = await freePort();
-    const r = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_PORT: String(port) }));
+    // POP3 would follow at port + 85, which nothing here has checked is free: this test is about SMTP.
+    const r = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_PORT: String(port), MTAD_POP3_PORT: 'off' }));
     expect(r.stderr).toBe('');
     expect(r.status, r.stdout).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^listen on +127\\.0\\.0\\.1:${port}$`, 'm'));
@@ -55,6 +56,22 @@ describe('mtad --check', () => {
     expect(r.stdout.trimEnd().split('\n').pop()).toBe('ok: mtad would start with this configuration');
     // --check only looks: it created nothing
     expect(fs.existsSync(path.join(dir, 'spool', '.queue'))).toBe(false);
+  });
+
+  it('shows the POP3 port, or that POP3 is off, and a POP3 port in use as a problem (exit 69)', async () => {
+    const dir = instance();
+    const port = await freePort();
+    const on = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_POP3_PORT: String(port) }));
+    expect(on.status, on.stdout).toBe(0);
+    expect(on.stdout).toMatch(new RegExp(`^pop3 on +127\\.0\\.0\\.1:${port}, logins with the users file's passwords, autologout after 600 s$`, 'm'));
+    const off = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_POP3_PORT: 'off' }));
+    expect(off.stdout).toMatch(/^pop3 +off \(MTAD_POP3_PORT\)$/m);
+    const squatter = net.createServer();
+    await new Promise<void>((resolve) => squatter.listen(port, '127.0.0.1', resolve));
+    const busy = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_POP3_PORT: String(port) }));
+    squatter.close();
+    expect(busy.status).toBe(69);
+    expect(busy.stdout).toContain(`problem: POP3 port ${port} on 127.0.0.1 is already in use`);
   });
 
   it('reports the problems of the users and aliases files (exit 65)', () => {
