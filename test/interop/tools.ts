@@ -234,7 +234,8 @@ export async function startTshark(args: string[]): Promise<Capture> {
     check();
   });
   try {
-    await waitOn(() => err, /Capturing on/, 20000);
+    // tshark loads every dissector first: seconds of CPU, many more on a loaded machine.
+    await waitOn(() => err, /Capturing on/, 90000);
   } catch (e) {
     proc.kill('SIGKILL');
     throw e;
