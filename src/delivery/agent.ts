@@ -79,7 +79,7 @@ export class DeliveryAgent {
   }
 
   /** Whether `mailbox` is at or over MTAD_MAILBOX_SIZE_LIMIT (for RCPT). */
-  isFull(mailbox: string): Promise<boolean> {
+  isFull(mailbox: string): boolean {
     return this.deliverer.isFull(mailbox);
   }
 

@@ -128,7 +128,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         throw reject('RCPT', session, new SmtpError(450, '4.2.0', `<${printable(a.raw ?? a.address)}>: Recipient address rejected: mailbox unavailable, try again later`), a.raw ?? a.address);
       }
       // Temporary, as Postfix's 4.2.2: the user can make room. An alias is refused only when all of it is full.
-      if ((await Promise.all(verdict.mailboxes.map((b) => deps.agent.isFull(b)))).every(Boolean)) {
+      if (verdict.mailboxes.every((b) => deps.agent.isFull(b))) {
         throw reject('RCPT', session, new SmtpError(452, '4.2.2', `<${printable(a.raw ?? a.address)}>: Mailbox full`), a.raw ?? a.address);
       }
       a.mailboxes = verdict.mailboxes;
