@@ -326,5 +326,5 @@ describe('kill -9 under load', () => {
     expect(lost).toBe(0);
     expect(dupNotAtRisk).toEqual([]);
     expect(acked).toBe(tokens.size);
-  }, 240000);
+  }, 900000); // 20 kills beside a CPU hog on two shared cores took over 4 minutes
 });
