@@ -84,7 +84,7 @@ export class DeliveryAgent {
   }
 
   /** Why `mailbox` cannot be written now, or null (for RCPT). */
-  unwritable(mailbox: string): Promise<string | null> {
+  unwritable(mailbox: string): string | null {
     return this.deliverer.unwritable(mailbox);
   }
 

@@ -122,7 +122,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
       }
       // A mailbox mtad cannot write is a fault of ours to fix, not mail to accept and defer for ever.
-      const blocked = (await Promise.all(verdict.mailboxes.map((b) => deps.agent.unwritable(b)))).find(Boolean);
+      const blocked = verdict.mailboxes.map((b) => deps.agent.unwritable(b)).find(Boolean);
       if (blocked) {
         log.error(`${blocked}: refusing its mail with 450 4.2.0 until that is fixed (chown the mailbox to the user mtad runs as)`);
         throw reject('RCPT', session, new SmtpError(450, '4.2.0', `<${printable(a.raw ?? a.address)}>: Recipient address rejected: mailbox unavailable, try again later`), a.raw ?? a.address);
