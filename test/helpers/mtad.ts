@@ -194,3 +194,25 @@ export function mtadForFile(opts: MtadOptions = {}): () => Mtad {
   });
   return () => m!;
 }
+
+/**
+ * For a test file that starts mtads with different settings: mtadWith(env) starts
+ * one, and after the file each is stopped, must exit 0 without an internal error
+ * or unhandled rejection in its log, and its temp dir is removed.
+ */
+export function mtadsForFile(): (env: Record<string, string>) => Promise<Mtad> {
+  const started: Mtad[] = [];
+  afterAll(async () => {
+    for (const m of started) {
+      const { code } = await m.stop();
+      expect(code, m.output()).toBe(0);
+      expect(m.output()).not.toMatch(/internal error|unhandled/i);
+      removeInstance(m.dir);
+    }
+  });
+  return async (env) => {
+    const m = await startMtad({ env });
+    started.push(m);
+    return m;
+  };
+}

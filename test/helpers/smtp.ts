@@ -134,3 +134,8 @@ export function dotStuff(message: Buffer): Buffer {
 export function enhanced(r: Reply): string {
   return r.lines[r.lines.length - 1].split(' ')[0];
 }
+
+/** Resolves once the server has closed the client's connection (at once if it already has). */
+export const closed = (c: SmtpClient): Promise<void> => new Promise((resolve) => {
+  if (c.socket.destroyed || c.socket.readableEnded) resolve(); else c.socket.once('close', () => resolve());
+});

@@ -3,30 +3,14 @@
 // same MTAD_* keys an operator uses (etc/mtad.env documents each one).
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config';
 import { readMbox } from '../helpers/mbox';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
-import { SmtpClient } from '../helpers/smtp';
+import { Mtad, mtadsForFile } from '../helpers/mtad';
+import { closed, SmtpClient } from '../helpers/smtp';
 
-const closed = (c: SmtpClient): Promise<void> => new Promise((resolve) => {
-  if (c.socket.destroyed || c.socket.readableEnded) resolve(); else c.socket.once('close', () => resolve());
-});
 
-const started: Mtad[] = [];
-async function mtadWith(env: Record<string, string>): Promise<Mtad> {
-  const m = await startMtad({ env });
-  started.push(m);
-  return m;
-}
-afterAll(async () => {
-  for (const m of started) {
-    const { code } = await m.stop();
-    expect(code).toBe(0);
-    expect(m.output()).not.toMatch(/internal error|unhandled/i);
-    removeInstance(m.dir);
-  }
-});
+const mtadWith = mtadsForFile();
 
 describe('limits, with the defaults an operator gets', () => {
   it('keeps the RFC 5321 idle timeout of 5 minutes and Postfix-like line and error limits', () => {

@@ -6,29 +6,13 @@
 // 127.0.0.2 and 127.0.0.3 stand for other client machines.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
-import { Mtad, removeInstance, startMtad } from '../helpers/mtad';
-import { Reply, SmtpClient } from '../helpers/smtp';
+import { mtadsForFile } from '../helpers/mtad';
+import { closed, Reply, SmtpClient } from '../helpers/smtp';
 
-const started: Mtad[] = [];
-async function mtadWith(env: Record<string, string>): Promise<Mtad> {
-  const m = await startMtad({ env });
-  started.push(m);
-  return m;
-}
-afterAll(async () => {
-  for (const m of started) {
-    const { code } = await m.stop();
-    expect(code, m.output()).toBe(0);
-    expect(m.output()).not.toMatch(/internal error|unhandled/i);
-    removeInstance(m.dir);
-  }
-});
+const mtadWith = mtadsForFile();
 
-const closed = (c: SmtpClient): Promise<void> => new Promise((resolve) => {
-  if (c.socket.destroyed || c.socket.readableEnded) resolve(); else c.socket.once('close', () => resolve());
-});
 const pause = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Far longer than any deadline set below: a client still served after this long was never cut.
