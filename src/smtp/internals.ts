@@ -30,7 +30,7 @@
 //  - DATA: the first period of every line that starts with one is removed (RFC
 //    5321 4.5.2); the library removes it only from "..".
 import { SMTPServer } from 'smtp-server';
-import { log } from '../log';
+import { flushLog, log } from '../log';
 import { printable } from '../text';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
@@ -203,6 +203,8 @@ export function installInternals(): void {
     }
     const first = Array.isArray(data) ? data[0] : data;
     if (typeof first === 'string' && ENHANCED_PREFIX.test(first)) context = false;
+    // What the client is told is never ahead of the log (a 250 and its status=sent line).
+    flushLog();
     send.call(this, code, data, context);
     // Our error count replaces the library's fixed one (10 unrecognised commands).
     this._unrecognizedCommands = 0;
