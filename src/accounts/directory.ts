@@ -11,14 +11,24 @@ import { parseAliases } from './aliases';
 import { untrusted } from './trust';
 import { parseUsers, User } from './users';
 
+/** What tells one version of a file from another; 'missing' when there is none. */
+type Version = { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number } | 'missing';
+
 interface Watched<T> {
   file: string;
-  key: string | null;
+  key: Version | null;
   value: T;
 }
 
-function statKey(st: fs.Stats | null): string {
-  return st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : 'missing';
+function versionOf(st: fs.Stats | null): Version {
+  return st ? { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs } : 'missing';
+}
+
+/** Whether `st` is the version `v` (compared field by field: this runs at every RCPT). */
+function isVersion(v: Version | null, st: fs.Stats | null): boolean {
+  if (v === null) return false;
+  if (v === 'missing' || !st) return v === 'missing' && !st;
+  return v.dev === st.dev && v.ino === st.ino && v.size === st.size && v.mtimeMs === st.mtimeMs && v.ctimeMs === st.ctimeMs;
 }
 
 /** An accounts file that someone other than root or mtad's user could have written. */
@@ -80,8 +90,8 @@ export class AccountDirectory {
   }
 
   private reload<T>(w: Watched<T>, st: fs.Stats | null, parse: (text: string, file: string, st: fs.Stats | null) => T): void {
-    const key = statKey(st);
-    if (key === w.key) return;
+    if (isVersion(w.key, st)) return;
+    const key = versionOf(st);
     // Judged (and a refusal logged) once per version of the file; a fixed file is a new version.
     w.key = key;
     if (st) {

@@ -78,14 +78,9 @@ export class DeliveryAgent {
     return this.track(this.acceptNow(msg, true));
   }
 
-  /** Whether `mailbox` is at or over MTAD_MAILBOX_SIZE_LIMIT (for RCPT). */
-  isFull(mailbox: string): boolean {
-    return this.deliverer.isFull(mailbox);
-  }
-
-  /** Why `mailbox` cannot be written now, or null (for RCPT). */
-  unwritable(mailbox: string): string | null {
-    return this.deliverer.unwritable(mailbox);
+  /** Why `mailbox` cannot be written now, or null, and whether it is at or over MTAD_MAILBOX_SIZE_LIMIT (for RCPT). */
+  atRcpt(mailbox: string): { unwritable: string | null; full: boolean } {
+    return this.deliverer.atRcpt(mailbox);
   }
 
   /** `fromClient`: a client is waiting for the reply, and may be told that no mailbox has room. */

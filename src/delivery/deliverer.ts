@@ -78,19 +78,26 @@ export class Deliverer {
   }
 
   /**
-   * Whether the mailbox is at or over the size limit, for RCPT time (a missing
-   * mailbox is empty). One synchronous stat: microseconds, where an async one is
-   * a thread-pool round trip on every RCPT.
+   * What RCPT needs to know of a mailbox, from one lstat: why mtad, as the user
+   * it runs as, could not write it now (so that it is refused with a 4xx rather
+   * than found by a retry loop after the 250), and whether it is at or over the
+   * size limit. Synchronous: a syscall of microseconds, where an async one is a
+   * thread-pool round trip on every RCPT. Links and special files are left to
+   * the append, which refuses them; a missing mailbox is empty, and created at
+   * the first delivery.
    */
-  isFull(mailbox: string): boolean {
+  atRcpt(mailbox: string): { unwritable: string | null; full: boolean } {
+    const file = this.mailboxPath(mailbox);
+    let st: fs.Stats | undefined;
+    try { st = fs.lstatSync(file, { throwIfNoEntry: false }); } catch { return { unwritable: null, full: false }; }
+    if (!st?.isFile()) return { unwritable: null, full: false };
     const limit = this.opts.sizeLimit ?? 0;
-    if (!limit) return false;
-    try {
-      const st = fs.statSync(this.mailboxPath(mailbox), { throwIfNoEntry: false });
-      return !!st && st.size >= limit;
-    } catch {
-      return false; // not ours to judge here: the append says what is wrong
-    }
+    return { unwritable: writableBy(file, st) ? null : cannotWrite(file, st), full: limit > 0 && st.size >= limit };
+  }
+
+  /** Why mtad could not write the mailbox now, or null (see atRcpt). */
+  unwritable(mailbox: string): string | null {
+    return this.atRcpt(mailbox).unwritable;
   }
 
   /**
@@ -119,27 +126,6 @@ export class Deliverer {
       if (this.turns.get(mailbox) === after) this.turns.delete(mailbox);
     };
   }
-
-  /**
-   * Why mtad, as the user it runs as, could not write the mailbox now, or null:
-   * for RCPT, so that such a mailbox is refused with a 4xx rather than found by a
-   * retry loop after the 250. Links and special files are left to the append,
-   * which refuses them; a missing mailbox is created at the first delivery.
-   */
-  unwritable(mailbox: string): string | null {
-    // Synchronous, as isFull: two syscalls of microseconds, not two thread-pool round trips per RCPT.
-    const file = this.mailboxPath(mailbox);
-    let st: fs.Stats | undefined;
-    try { st = fs.lstatSync(file, { throwIfNoEntry: false }); } catch { return null; }
-    if (!st?.isFile()) return null;
-    try {
-      fs.accessSync(file, fs.constants.W_OK);
-      return null;
-    } catch {
-      return `mailbox ${file}: mtad (uid ${process.geteuid?.()}) cannot write it (owner uid ${st.uid}, group ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
-    }
-  }
-
 
   mailboxPath(mailbox: string): string {
     return path.join(this.opts.spoolDir, mailbox);
@@ -239,4 +225,21 @@ function takeBatch(waiting: Waiting[]): Waiting[] {
     if (bytes >= MAX_BATCH_BYTES) break;
   }
   return waiting.splice(0, n);
+}
+
+/** Whether this process may write the file: its owner's write bit when it is ours, else what access(2) says. */
+function writableBy(file: string, st: fs.Stats): boolean {
+  const euid = process.geteuid?.();
+  // The owner's bits alone decide for the owner (ACLs keep them as the owner entry); root and others ask the kernel.
+  if (euid !== undefined && euid !== 0 && st.uid === euid) return (st.mode & 0o200) !== 0;
+  try {
+    fs.accessSync(file, fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function cannotWrite(file: string, st: fs.Stats): string {
+  return `mailbox ${file}: mtad (uid ${process.geteuid?.()}) cannot write it (owner uid ${st.uid}, group ${st.gid}, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
 }

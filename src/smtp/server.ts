@@ -122,13 +122,14 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
       }
       // A mailbox mtad cannot write is a fault of ours to fix, not mail to accept and defer for ever.
-      const blocked = verdict.mailboxes.map((b) => deps.agent.unwritable(b)).find(Boolean);
+      const boxes = verdict.mailboxes.map((b) => deps.agent.atRcpt(b));
+      const blocked = boxes.map((b) => b.unwritable).find(Boolean);
       if (blocked) {
         log.error(`${blocked}: refusing its mail with 450 4.2.0 until that is fixed (chown the mailbox to the user mtad runs as)`);
         throw reject('RCPT', session, new SmtpError(450, '4.2.0', `<${printable(a.raw ?? a.address)}>: Recipient address rejected: mailbox unavailable, try again later`), a.raw ?? a.address);
       }
       // Temporary, as Postfix's 4.2.2: the user can make room. An alias is refused only when all of it is full.
-      if (verdict.mailboxes.every((b) => deps.agent.isFull(b))) {
+      if (boxes.every((b) => b.full)) {
         throw reject('RCPT', session, new SmtpError(452, '4.2.2', `<${printable(a.raw ?? a.address)}>: Mailbox full`), a.raw ?? a.address);
       }
       a.mailboxes = verdict.mailboxes;

@@ -148,6 +148,33 @@ describe('a mailbox mtad cannot write', () => {
   });
 });
 
+describe('a mailbox of mtad\'s own user without its write bit', () => {
+  // RCPT judges a mailbox mtad owns by its owner bits alone (no access(2) call): that path must refuse too.
+  it('is refused at RCPT with 450 4.2.0, and takes mail again once the bit is back', async () => {
+    const m = await startMtad({ users: ['alice'] });
+    running.push(m);
+    await sendToken(m.port, 'alice', 'first');
+    const box = m.mailbox('alice');
+    fs.chmodSync(box, 0o400);
+    const c = await SmtpClient.connect(m.port);
+    try {
+      await c.cmd('EHLO client.test');
+      expect((await c.cmd('MAIL FROM:<a@client.test>')).code).toBe(250);
+      const r = await c.cmd(`RCPT TO:<alice@${HOSTNAME}>`);
+      expect(r.code, r.raw).toBe(450);
+      expect(r.lines[0]).toMatch(/^4\.2\.0 <.*>: Recipient address rejected: mailbox unavailable/);
+      await m.waitForLog(new RegExp(`error: mailbox ${box}: mtad \\(uid \\d+\\) cannot write it .*mode 0400`));
+    } finally {
+      await c.quit();
+    }
+    fs.chmodSync(box, 0o600);
+    const id = await sendToken(m.port, 'alice', 'second');
+    await m.waitForLog(new RegExp(`${id}: removed`));
+    expect(tokensByPython(box)).toEqual(['first', 'second']);
+    expect((await m.stop()).code).toBe(0);
+  });
+});
+
 describe('an accounts file the user mtad runs as cannot read', () => {
   it('stops mtad with 66, and --check, judging as that user, says the same', () => {
     const dir = makeInstance();
