@@ -46,4 +46,46 @@ describe('account changes while mtad runs', () => {
       expect(await rcpt(name)).toBe(250);
     }
   });
+
+  it('sees each change at the next RCPT while other clients keep mtad busy delivering', async () => {
+    // Ten sessions deliver without pause, so the RCPTs below compete with appends,
+    // fsyncs and replies on the event loop: a cache or a watch would lose this race.
+    let stop = false;
+    let delivered = 0;
+    const load = Array.from({ length: 10 }, async () => {
+      const s = await SmtpClient.connect(mtad.port);
+      try {
+        expect((await s.cmd('EHLO load.test')).code).toBe(250);
+        while (!stop) {
+          expect((await s.cmd('MAIL FROM:<load@client.test>')).code).toBe(250);
+          expect((await s.cmd(`RCPT TO:<alice@${HOSTNAME}>`)).code).toBe(250);
+          expect((await s.data('Subject: load\r\n\r\nload\r\n')).code).toBe(250);
+          delivered++;
+        }
+      } finally {
+        await s.quit();
+      }
+    });
+    try {
+      for (let i = 0; i < 30; i++) {
+        const name = `busy${i}`;
+        expect(await rcpt(name)).toBe(550);
+        if (i % 3 === 0) {
+          expect(runCli('mta-adduser', ['--disabled-password', name], mtad.cliEnv()).status).toBe(0);
+        } else {
+          fs.appendFileSync(mtad.usersFile, `${name}:!:Busy\n`);
+        }
+        expect(await rcpt(name)).toBe(250);
+        if (i % 3 === 0) {
+          expect(runCli('mta-deluser', [name], mtad.cliEnv()).status).toBe(0);
+          expect(await rcpt(name)).toBe(550);
+        }
+      }
+    } finally {
+      stop = true;
+      await Promise.all(load);
+    }
+    // The load was real: deliveries went on throughout.
+    expect(delivered).toBeGreaterThan(30);
+  });
 });
