@@ -11,6 +11,8 @@
 //                           agroup = the peers' adaptive group commit server (append+fsync, one file, no locks)
 //     --runs N              runs per cell, medians reported (RUNS, default 3)
 //     --secs S              seconds of load per run (SECS, default 2)
+//     --count N             instead: exactly N messages per run (COUNT), whatever the time: the same work for every
+//                           build, so that CPU ms/msg compares builds (MTAD_BIN) on a machine whose speed varies
 //     --sessions "1 10 50"  --sizes "1024 102400"  --rcpts "1 5"  --conns "new reuse"
 //     --client own|smtp-source   own (default: unique tokens, latency) or Postfix's smtp-source
 //     --no-memory / --only-memory
@@ -64,6 +66,7 @@ const MEMORY = !flag('no-memory');
 const MATRIX = !flag('only-memory');
 const OUT = opt('out', process.env.OUT || '');
 const WARMUP = Number(opt('warmup', process.env.WARMUP ?? 8));
+const COUNT = Number(opt('count', process.env.COUNT || 0));
 const PEERS = path.resolve(opt('peers', process.env.PEERS_DIR || '/tmp/peers'));
 const PF_PORT = Number(opt('postfix-port', 2525));
 const SINK_PORT = Number(opt('sink-port', 2604));
@@ -267,7 +270,7 @@ function messageMaker(size) {
 }
 
 /** S sessions sending for `secs` seconds; returns accepted tokens, latencies, errors. */
-async function drive(port, { S, L, K, conn, secs }) {
+async function drive(port, { S, L, K, conn, secs, count }) {
   const tag = crypto.randomBytes(4).toString('hex');
   const rcpts = USERS.slice(0, K).map((u) => `${u}@${DOMAIN}`);
   const make = messageMaker(L);
@@ -278,9 +281,12 @@ async function drive(port, { S, L, K, conn, secs }) {
   const t0 = now();
   const wall0 = Date.now();
   const deadline = t0 + secs * 1000;
+  // --count: exactly that many messages whatever the time they take (a fixed amount of work, for CPU A/Bs).
+  let left = count > 0 ? count : Infinity;
   const session = async () => {
     let c = null;
-    while (now() < deadline && errors.length < 20) {
+    while ((count > 0 ? left > 0 : now() < deadline) && errors.length < 20) {
+      left--;
       try {
         if (!c) {
           c = await Client.connect(port);
@@ -535,7 +541,7 @@ async function oneRun(t, cell, scanner, rate) {
 
 function cells() {
   const out = [];
-  for (const conn of CONNS) for (const L of SIZES) for (const K of RCPTS) for (const S of SESSIONS) out.push({ conn, L, K, S, secs: SECS });
+  for (const conn of CONNS) for (const L of SIZES) for (const K of RCPTS) for (const S of SESSIONS) out.push({ conn, L, K, S, secs: SECS, count: COUNT });
   return out;
 }
 const key = (c) => `${c.conn}|${c.L}|${c.K}|${c.S}`;
