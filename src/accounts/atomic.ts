@@ -4,6 +4,7 @@
 // mtad runs as.
 import fs from 'node:fs';
 import path from 'node:path';
+import { fsyncDirSync } from '../system/fsync';
 
 export interface FileAccess {
   mode: number;
@@ -37,10 +38,5 @@ export function writeFileAtomic(file: string, data: string | Buffer, access?: Fi
     fs.rmSync(tmp, { force: true });
     throw err;
   }
-  fsyncDir(dir);
-}
-
-export function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+  fsyncDirSync(dir);
 }

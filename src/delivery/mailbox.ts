@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { fsyncDir } from '../system/fsync';
 import { lockDotlock, lockFcntl, LockTimeout } from './locks';
 
 /** A message body in mbox form: in memory, or a byte range of a queue file. */
@@ -208,16 +209,6 @@ async function writeEntries(fh: FileHandle, entries: Entry[], oldSize: number): 
     // Roll back to the size the mailbox had when we locked it.
     await fh.truncate(oldSize).then(() => fh.sync()).catch(() => undefined);
     throw err;
-  }
-}
-
-/** Makes the names in a directory durable: a file just created or renamed there is found after a power cut. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 

@@ -14,6 +14,7 @@
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { fsyncDirSync } from '../system/fsync';
 import { waitForFcntlSync } from './locks';
 
 const COPY_CHUNK = 1024 * 1024;
@@ -59,7 +60,7 @@ export async function removeInPlace(plan: RemovalPlan, journalDir: string): Prom
     await rec.close();
   }
   await fs.promises.rename(tmp, record);
-  syncDir(journalDir);
+  fsyncDirSync(journalDir);
 
   const src = await fs.promises.open(tailFile, 'r');
   try {
@@ -71,7 +72,7 @@ export async function removeInPlace(plan: RemovalPlan, journalDir: string): Prom
   await plan.fh.sync();
 
   fs.rmSync(record);
-  syncDir(journalDir);
+  fsyncDirSync(journalDir);
   fs.rmSync(tailFile, { force: true });
   return newSize;
 }
@@ -112,7 +113,7 @@ export function redoRemovals(spoolDir: string, journalDir: string): RedoResult[]
       fs.rmSync(record);
     }
   }
-  syncDir(journalDir);
+  fsyncDirSync(journalDir);
   // A tail or record without a decided removal: the kill came before step 2, the mailbox is untouched.
   for (const n of fs.readdirSync(journalDir)) {
     if (/^[a-z_][a-z0-9_-]*\.(tail|tmp)$/.test(n)) fs.rmSync(path.join(journalDir, n), { force: true });
@@ -172,14 +173,5 @@ async function copyRange(src: FileHandle, start: number, length: number, dst: Fi
       w += bytesWritten;
     }
     pos += bytesRead;
-  }
-}
-
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }

@@ -8,7 +8,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Body, fsyncDir, writeAllv } from '../delivery/mailbox';
+import { Body, writeAllv } from '../delivery/mailbox';
+import { fsyncDir } from '../system/fsync';
 
 export interface Recipient {
   /** The address the client gave, for the log. */
