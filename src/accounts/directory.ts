@@ -11,21 +11,15 @@ import { parseAliases } from './aliases';
 import { untrusted } from './trust';
 import { parseUsers, User } from './users';
 
-/** What tells one version of a file from another; 'missing' when there is none. */
-type Version = { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number } | 'missing';
-
 interface Watched<T> {
   file: string;
-  key: Version | null;
+  /** The stat of the version read ('missing': there was no file); null: to be read (again). */
+  key: fs.Stats | 'missing' | null;
   value: T;
 }
 
-function versionOf(st: fs.Stats | null): Version {
-  return st ? { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs } : 'missing';
-}
-
-/** Whether `st` is the version `v` (compared field by field: this runs at every RCPT). */
-function isVersion(v: Version | null, st: fs.Stats | null): boolean {
+/** Whether `st` is still the version read (compared field by field: this runs at every RCPT). */
+function isVersion(v: Watched<unknown>['key'], st: fs.Stats | null): boolean {
   if (v === null) return false;
   if (v === 'missing' || !st) return v === 'missing' && !st;
   return v.dev === st.dev && v.ino === st.ino && v.size === st.size && v.mtimeMs === st.mtimeMs && v.ctimeMs === st.ctimeMs;
@@ -91,9 +85,8 @@ export class AccountDirectory {
 
   private reload<T>(w: Watched<T>, st: fs.Stats | null, parse: (text: string, file: string, st: fs.Stats | null) => T): void {
     if (isVersion(w.key, st)) return;
-    const key = versionOf(st);
     // Judged (and a refusal logged) once per version of the file; a fixed file is a new version.
-    w.key = key;
+    w.key = st ?? 'missing';
     if (st) {
       const why = untrusted(w.file, [process.geteuid?.() ?? 0]);
       if (why) throw new UntrustedFile(`will not trust ${w.file}: ${why}`);

@@ -61,12 +61,11 @@ export interface ScanCache {
  * the scan resumes at the start of its last message (which may have grown).
  */
 export async function scanMailbox(fh: FileHandle, size: number, cache?: ScanCache): Promise<MailboxScan> {
-  const st = await fh.stat();
-  const usable = cache && cache.dev === st.dev && cache.ino === st.ino && cache.size <= size && cache.scan.messages.length > 0 ? cache : undefined;
+  const st = cache ? await fh.stat() : null;
+  const usable = cache && st && cache.dev === st.dev && cache.ino === st.ino && cache.size <= size && cache.scan.messages.length > 0 ? cache : undefined;
   const hash = crypto.createHash('sha256');
   const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, Math.max(1, size)));
   let pos = 0;
-  let scanner: Scanner | null = null;
   let kept: StoredMessage[] = [];
   let resumeAt = 0;
   if (usable) {
@@ -79,12 +78,11 @@ export async function scanMailbox(fh: FileHandle, size: number, cache?: ScanCach
       kept = usable.scan.messages.slice(0, -1);
       resumeAt = usable.scan.messages[usable.scan.messages.length - 1].start;
     } else {
-      pos = 0;
       hash.destroy();
       return scanMailbox(fh, size);
     }
   }
-  scanner = new Scanner(size, resumeAt);
+  const scanner = new Scanner(size, resumeAt);
   // The part scanned again was hashed already: it is read once more for the scanner only.
   for (let at = resumeAt; at < pos;) {
     const chunk = await readAt(fh, buf, at, Math.min(buf.length, pos - at));
