@@ -15,7 +15,7 @@ import { Config, describeErrno, ROOT } from './config';
 import { Directory, expand, POSTMASTER } from './policy';
 import { localNames } from './smtp/server';
 import { SystemUser, userById } from './system/passwd';
-import { chooseRunAs, isRoot } from './system/privileges';
+import { chooseRunAs, isCheckoutSpoolToAdopt, isRoot } from './system/privileges';
 import { readTls } from './tls';
 
 export interface Problem {
@@ -83,7 +83,7 @@ export async function checkInstallation(config: Config): Promise<CheckReport> {
   }
 
   // mtad started as root gives the checkout's own root-owned spool to the user it becomes (adoptCheckoutSpool).
-  const adopts = !!who && isRoot() && !config.runAs && who.uid !== 0 && config.spoolDir === path.join(ROOT, 'spool') && statOrNull(config.spoolDir)?.uid === 0;
+  const adopts = !!who && isRoot() && !config.runAs && who.uid !== 0 && isCheckoutSpoolToAdopt(config.spoolDir, path.join(ROOT, 'spool'));
   if (who) {
     const before = problems.length;
     const closed = adopts && closedTo(config.spoolDir, who);

@@ -51,9 +51,7 @@ export function chooseRunAs(runAs: string, spoolDir: string): SystemUser | null 
  * returns what it changed, for the log.
  */
 export function adoptCheckoutSpool(spoolDir: string, defaultSpool: string, u: SystemUser): string[] {
-  if (spoolDir !== defaultSpool) return [];
-  const st = fs.statSync(spoolDir);
-  if (st.uid !== 0) return [];
+  if (!isCheckoutSpoolToAdopt(spoolDir, defaultSpool)) return [];
   const changed = [spoolDir];
   fs.chownSync(spoolDir, u.uid, u.gid);
   // Only root could write a root-owned spool: what is in it is root's doing, not a trap.
@@ -101,5 +99,15 @@ export function dropPrivileges(u: SystemUser): void {
   process.setuid!(u.uid);
   if (process.getuid!() === 0 || process.geteuid!() === 0 || process.getgid!() === 0) {
     throw new StartupError('mtad: could not give up root', 71);
+  }
+}
+
+/** Whether adoptCheckoutSpool would take this spool: the checkout's own, still root's (for --check too). */
+export function isCheckoutSpoolToAdopt(spoolDir: string, defaultSpool: string): boolean {
+  if (spoolDir !== defaultSpool) return false;
+  try {
+    return fs.statSync(spoolDir).uid === 0;
+  } catch {
+    return false;
   }
 }
