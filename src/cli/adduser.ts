@@ -48,11 +48,12 @@ runMain('mta-adduser', async (argv) => {
   if (gecos === undefined && process.stdin.isTTY) gecos = (await ask('Full Name []: ')) ?? '';
 
   process.stdout.write(`Adding user '${name}' ...\n`);
+  const mtadUser = mtadRunsAs(config);
   await updateUsersFile(config.usersFile, (f) => {
     if (f.users.has(name)) throw new StoreError(`The user '${name}' already exists.`, EX.FAIL);
     f.users.set(name, { name, password, gecos: gecos ?? '' });
-  }, mtadRunsAs(config));
-  const box = createMailbox(config.spoolDir, name, mtadRunsAs(config));
+  }, mtadUser);
+  const box = createMailbox(config.spoolDir, name, mtadUser);
   process.stdout.write(box.created ? `Creating mailbox ${box.path} ...\n` : `Keeping the existing mailbox ${box.path}\n`);
   return EX.OK;
 });
