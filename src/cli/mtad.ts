@@ -71,7 +71,10 @@ runMain('mtad', async (argv) => {
   // No signal may end mtad without a word: SIGQUIT stops it as SIGTERM does; the
   // others whose default is to kill (SIGKILL aside) are logged and ignored.
   process.on('SIGQUIT', () => stop('SIGQUIT'));
+  // V8's sampling profiler (--cpu-prof, --prof: the bench's MTAD_NODE_ARGS) runs on SIGPROF: a handler here would stop it.
+  const profiling = process.execArgv.some((a) => /^--(cpu-)?prof(=|$)/.test(a));
   for (const sig of IGNORED_SIGNALS) {
+    if (sig === 'SIGPROF' && profiling) continue;
     process.on(sig, () => log.warn(`${sig} received: ignored (SIGTERM stops mtad, SIGHUP rereads the accounts)`));
   }
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${(err as Error)?.stack ?? err}`));
