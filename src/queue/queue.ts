@@ -57,6 +57,9 @@ export interface QueuedMessage {
 const ID_RE = /^[0-9A-F]{10}$/;
 const MAX_HEADER = 1024 * 1024;
 
+let idPool = Buffer.alloc(0);
+let idPoolAt = 0;
+
 export class Queue {
   readonly tmpDir: string;
   readonly activeDir: string;
@@ -77,8 +80,15 @@ export class Queue {
     for (const f of fs.readdirSync(this.tmpDir)) fs.rmSync(path.join(this.tmpDir, f), { force: true });
   }
 
+  /** 40 random bits as 10 hex digits. Drawn from a pool: one randomBytes() call costs as much as a few KiB of its output. */
   static newId(): string {
-    return crypto.randomBytes(5).toString('hex').toUpperCase();
+    if (idPoolAt + 5 > idPool.length) {
+      idPool = crypto.randomBytes(4096);
+      idPoolAt = 0;
+    }
+    const id = idPool.toString('hex', idPoolAt, idPoolAt + 5).toUpperCase();
+    idPoolAt += 5;
+    return id;
   }
 
   static isId(id: string): boolean {
