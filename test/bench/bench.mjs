@@ -8,7 +8,8 @@
 //   npm run bench [-- OPTIONS]
 //     --vs-postfix          also run the matrix against the peers' Postfix and the sink ceiling
 //     --targets "mtad postfix sink agroup"   choose the servers (default mtad; --vs-postfix: all four);
-//                           agroup = the peers' adaptive group commit server (append+fsync, one file, no locks)
+//                           agroup = the peers' adaptive group commit server (append+fsync, one file, no locks);
+//                           also files, deliverer: the steps between agroup and mtad (test/bench/ladder.mjs)
 //     --runs N              runs per cell, medians reported (RUNS, default 3)
 //     --secs S              seconds of load per run (SECS, default 2)
 //     --count N             instead: exactly N messages per run (COUNT), whatever the time: the same work for every
@@ -23,6 +24,8 @@
 //                           and one that has less code to compile gets there sooner; the matrix measures steady state
 //     --help                this text
 //   env: MTAD_BIN=<path of another bin/mtad> for A/B runs, MTAD_NODE_ARGS="--cpu-prof ..." to profile
+//       (CEILING_NODE_ARGS the same for the sink and group-commit servers);
+//       target mtadB: a second mtad run by turns with the first, MTAD_B_BIN=<bin/mtad> and/or MTAD_B_ENV="K=V ..."
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -354,10 +357,10 @@ function chownNobody(p) {
   fs.chownSync(p, Number(row[2]), Number(row[3]));
 }
 
-async function startMtad(extraEnv = {}) {
+async function startMtad(extraEnv = {}, { name = 'mtad', bin: otherBin = process.env.MTAD_BIN } = {}) {
   // MTAD_BIN: another build of mtad (e.g. a copy of the previous commit) for A/B runs.
-  const bin = process.env.MTAD_BIN || path.join(ROOT, 'bin', 'mtad');
-  if (!process.env.MTAD_BIN && !fs.existsSync(path.join(ROOT, 'dist', 'cli', 'mtad.js'))) throw new Error('mtad is not built: run npm run build');
+  const bin = otherBin || path.join(ROOT, 'bin', 'mtad');
+  if (!otherBin && !fs.existsSync(path.join(ROOT, 'dist', 'cli', 'mtad.js'))) throw new Error('mtad is not built: run npm run build');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-'));
   fs.chmodSync(dir, 0o755);
   const spool = path.join(dir, 'spool');
@@ -377,6 +380,9 @@ async function startMtad(extraEnv = {}) {
     MTAD_MAILBOX_SIZE_LIMIT: '0',
     // Every bench client comes from one address: the per-address limit (50) would refuse them.
     MTAD_MAX_CLIENTS_PER_IP: '0',
+    // This bench is SMTP's. Left to itself POP3 would listen on MTAD_PORT+85, which may be a port
+    // the bench's own clients hold (a free port is picked in the ephemeral range): EADDRINUSE.
+    MTAD_POP3_PORT: 'off',
     // MTAD_EXTRA_ENV="K=V K2=V2": more settings for mtad, e.g. MTAD_LOG_LEVEL=warn to see what logging costs
     ...Object.fromEntries(list(process.env.MTAD_EXTRA_ENV || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
     ...extraEnv,
@@ -399,7 +405,7 @@ async function startMtad(extraEnv = {}) {
   }
   if (!up) { const log = fs.readFileSync(logFile, 'utf8'); await stop(); throw new Error(`mtad did not start:\n${log}`); }
   return {
-    name: 'mtad', port, pid: proc.pid, spool, dir, logFile,
+    name, port, pid: proc.pid, spool, dir, logFile,
     mailboxDir: spool,
     peak: 'hwm',
     async quiesce() { /* 250 means delivered: nothing in flight once the client is done */ },
@@ -456,7 +462,8 @@ async function startCeiling(mode, port) {
     execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: ceiling, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const dir = mode === 'sink' ? null : fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-agroup-'));
-  const proc = spawn(process.execPath, [path.join(ceiling, 'server.js'), mode, String(port), ...(dir ? [dir] : [])], {
+  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
+  const proc = spawn(process.execPath, [...nodeArgs, path.join(ceiling, 'server.js'), mode, String(port), ...(dir ? [dir] : [])], {
     env: { ...process.env, GREETING_DELAY_MS: '0', GROUP_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
   });
   let exited = false;
@@ -478,6 +485,27 @@ const startSink = () => startCeiling('sink', SINK_PORT);
 // The peers' adaptive group commit (append + fsync of whatever arrived during the
 // previous fsync, one file, no locks): the ceiling of a careful Node MTA here.
 const startAgroup = () => startCeiling('group', AGROUP_PORT);
+
+// The steps between that ceiling and mtad (test/bench/ladder.mjs): "files", one
+// group-committed file per mailbox; "deliverer", mtad's own delivery layer (locks,
+// append record) behind a bare smtp-server. Not part of --vs-postfix: name them.
+async function startLadder(mode) {
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'delivery', 'deliverer.js'))) throw new Error('mtad is not built: run npm run build');
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mtad-bench-${mode}-`));
+  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
+  const proc = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'test', 'bench', 'ladder.mjs'), mode, String(port), dir], { stdio: ['ignore', 'ignore', 'inherit'] });
+  let exited = false;
+  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
+  const stop = whenDone(mode, async () => {
+    if (!exited) { proc.kill('SIGTERM'); await gone; }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let up = false;
+  for (let i = 0; i < 200 && !up && !exited; i++) { await sleep(50); up = await canConnect(port); }
+  if (!up) { await stop(); throw new Error(`ladder ${mode} did not start`); }
+  return { name: mode, port, pid: proc.pid, mailboxDir: dir, peak: 'hwm', async quiesce() {}, stop };
+}
 
 
 // ---- one run of one cell ---------------------------------------------------------------------------
@@ -740,7 +768,10 @@ async function main() {
   }
   try {
     if (MATRIX) {
-      const all = { mtad: () => startMtad(), postfix: startPostfix, sink: startSink, agroup: startAgroup };
+      // mtadB: a second mtad in the same run, its runs alternating with mtad's (an A/B on a noisy machine).
+      const envList = (v) => Object.fromEntries(list(v || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const mtadB = () => startMtad(envList(process.env.MTAD_B_ENV), { name: 'mtadB', bin: process.env.MTAD_B_BIN || process.env.MTAD_BIN });
+      const all = { mtad: () => startMtad(), mtadB, postfix: startPostfix, sink: startSink, agroup: startAgroup, files: () => startLadder('files'), deliverer: () => startLadder('deliverer') };
       const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink agroup' : 'mtad'));
       const targets = names.map((n) => { if (!all[n]) throw new Error(`unknown target ${n}`); return [n, all[n]]; });
       for (const [, start] of targets) started.push(await start());
