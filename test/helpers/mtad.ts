@@ -22,6 +22,8 @@ export interface MtadOptions {
   dir?: string;
   /** A command that runs mtad, e.g. setpriv with its options, before `node bin/mtad`. */
   wrapper?: string[];
+  /** Options for node itself, before bin/mtad (e.g. the CPU profiler). */
+  nodeArgs?: string[];
   /** Another install of mtad to run (its root directory), instead of this checkout. */
   install?: string;
 }
@@ -92,7 +94,7 @@ export function instanceEnv(dir: string, extra: Record<string, string> = {}): No
 export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
   const dir = opts.dir ?? makeInstance(opts);
   const env = instanceEnv(dir, opts.env);
-  const argv = [...(opts.wrapper ?? []), process.execPath, path.join(opts.install ?? ROOT, 'bin', 'mtad')];
+  const argv = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), path.join(opts.install ?? ROOT, 'bin', 'mtad')];
   const proc = spawn(argv[0], argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const listeners = new Set<() => void>();
