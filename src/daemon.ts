@@ -109,7 +109,7 @@ export async function startDaemon(config: Config): Promise<Daemon> {
     }
     // Said now, not first found by a refused RCPT (mtad starts all the same: the others' mail flows).
     for (const name of [...accountsNow.users.keys(), POSTMASTER]) {
-      const why = deliverer.unwritable(name);
+      const why = deliverer.mailboxState(name).unwritable;
       if (why) log.error(`${why}: its mail will be refused with 450 4.2.0 until that is fixed`);
     }
   } catch (err) {

@@ -79,8 +79,8 @@ export class DeliveryAgent {
   }
 
   /** Why `mailbox` cannot be written now, or null, and whether it is at or over MTAD_MAILBOX_SIZE_LIMIT (for RCPT). */
-  atRcpt(mailbox: string): { unwritable: string | null; full: boolean } {
-    return this.deliverer.atRcpt(mailbox);
+  mailboxState(mailbox: string): { unwritable: string | null; full: boolean } {
+    return this.deliverer.mailboxState(mailbox);
   }
 
   /** `fromClient`: a client is waiting for the reply, and may be told that no mailbox has room. */

@@ -82,26 +82,21 @@ export class Deliverer {
   }
 
   /**
-   * What RCPT needs to know of a mailbox, from one lstat: why mtad, as the user
-   * it runs as, could not write it now (so that it is refused with a 4xx rather
-   * than found by a retry loop after the 250), and whether it is at or over the
-   * size limit. Synchronous: a syscall of microseconds, where an async one is a
-   * thread-pool round trip on every RCPT. Links and special files are left to
-   * the append, which refuses them; a missing mailbox is empty, and created at
-   * the first delivery.
+   * What RCPT (and the start-up check) needs to know of a mailbox, from one
+   * lstat: why mtad, as the user it runs as, could not write it now (so that it
+   * is refused with a 4xx rather than found by a retry loop after the 250), and
+   * whether it is at or over the size limit. Synchronous: a syscall of
+   * microseconds, where an async one is a thread-pool round trip on every RCPT.
+   * Links and special files are left to the append, which refuses them; a
+   * missing mailbox is empty, and created at the first delivery.
    */
-  atRcpt(mailbox: string): { unwritable: string | null; full: boolean } {
+  mailboxState(mailbox: string): { unwritable: string | null; full: boolean } {
     const file = this.mailboxPath(mailbox);
     let st: fs.Stats | undefined;
     try { st = fs.lstatSync(file, { throwIfNoEntry: false }); } catch { return { unwritable: null, full: false }; }
     if (!st?.isFile()) return { unwritable: null, full: false };
     const limit = this.opts.sizeLimit ?? 0;
     return { unwritable: writableBy(file, st) ? null : cannotWrite(file, st), full: limit > 0 && st.size >= limit };
-  }
-
-  /** Why mtad could not write the mailbox now, or null (see atRcpt). */
-  unwritable(mailbox: string): string | null {
-    return this.atRcpt(mailbox).unwritable;
   }
 
   /**

@@ -122,7 +122,7 @@ export function createSmtpServer(deps: SmtpDeps): SMTPServer {
         throw reject('RCPT', session, SmtpError.from(verdict.reply), a.raw ?? a.address);
       }
       // A mailbox mtad cannot write is a fault of ours to fix, not mail to accept and defer for ever.
-      const boxes = verdict.mailboxes.map((b) => deps.agent.atRcpt(b));
+      const boxes = verdict.mailboxes.map((b) => deps.agent.mailboxState(b));
       const blocked = boxes.map((b) => b.unwritable).find(Boolean);
       if (blocked) {
         log.error(`${blocked}: refusing its mail with 450 4.2.0 until that is fixed (chown the mailbox to the user mtad runs as)`);
