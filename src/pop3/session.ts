@@ -13,7 +13,7 @@ import type { User } from '../accounts/users';
 import { checkPassword } from '../accounts/users';
 import { isValidName } from '../accounts/names';
 import { WireEncoder } from '../delivery/reader';
-import { log } from '../log';
+import { flushLog, log } from '../log';
 import { printable } from '../text';
 import type { TlsFiles } from '../tls';
 import { Maildrop, MaildropContext, MaildropError } from './maildrop';
@@ -418,6 +418,8 @@ export class Pop3Session {
   }
 
   private reply(text: string): void {
+    // As SMTP's replies: what a client is told is never ahead of the log (a Login line and its +OK).
+    flushLog();
     this.traceLine(`S: ${text.split('\r\n')[0]}`);
     this.write(text.endsWith('\r\n') ? text : `${text}\r\n`);
   }

@@ -13,11 +13,16 @@
 //   - queued (the mailbox was locked): the queue file fsync'd after its last
 //     write, then renamed from tmp/ into active/, then active/ fsync'd.
 // Remove any one of those syncs from src/ and this test fails.
+// The same trace holds the log: a reply is never ahead of its log line (the
+// 250 after the status=sent or "queued for retry" line, a POP3 login's +OK
+// after its Login line), so that a kill -9 right after a reply cannot take the
+// line with it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { Pop3Client } from '../helpers/pop3';
 import { skipping } from '../helpers/skip';
 import { sendToken, tokensByPython, until } from './readers';
 
@@ -67,6 +72,11 @@ function call(name: string, start: number, end: number, args: string, ret: strin
 }
 
 const WRITES = new Set(['write', 'writev', 'pwrite64', 'pwritev', 'pwritev2']);
+
+/** The write of a log line matching `re` to mtad's standard output (fd 1: a socketpair from the test's spawn), ended before `before`. */
+function logWrite(calls: Call[], re: RegExp, before: number): Call | undefined {
+  return calls.find((c) => WRITES.has(c.name) && c.args.startsWith('1<') && re.test(c.args) && c.end < before);
+}
 const SYNCS = new Set(['fsync', 'fdatasync']);
 const ok = (c: Call): boolean => !c.ret.startsWith('-1');
 
@@ -81,6 +91,8 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
     const ack = calls.find((c) => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes(`queued as ${s.id}`));
     need(ack, `${s.id}: the 250 written to the socket`);
     if (!ack) continue;
+    const fate = s.queued ? `${s.id}: queued for retry` : `${s.id}: to=<[^"]*status=sent`;
+    need(logWrite(calls, new RegExp(fate), ack.start), `${s.id}: its "${s.queued ? 'queued for retry' : 'status=sent'}" log line written before the 250`);
     const rename = calls.find((c) => c.name.startsWith('rename') && c.args.includes(`/tmp/${s.id}"`) && c.args.includes(`/active/${s.id}"`) && c.end < ack.start);
     if (s.queued) {
       need(rename, `${s.id}: the queue file renamed from tmp/ into active/ before the 250`);
@@ -135,7 +147,7 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
   let trace: string;
   const sent: Sent[] = [];
   beforeAll(async () => {
-    dir = makeInstance({ users: ['alice', 'bob', 'carol', 'dave'] });
+    dir = makeInstance({ users: ['alice', 'bob', 'carol', 'dave'], passwords: { alice: 'alice-pop3' } });
     trace = path.join(dir, 'strace.out');
     m = await startMtad({
       dir,
@@ -150,7 +162,7 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     sent.push({ id, token, users: [user], queued: false, ...extra });
   }
 
-  it('delivered at once, queued, new mailboxes, batches and spilled bodies alike', async () => {
+  it('delivered at once, queued, new mailboxes, batches and spilled bodies alike; every reply after its log line', async () => {
     // carol's mailbox does not exist yet: this delivery creates it.
     await send('carol', 'creates-carol', 0, { creates: ['carol'] });
     // Several at once to one mailbox: appended in batches under one hold.
@@ -164,6 +176,11 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     await send('dave', 'queued-spilled', 400_000, { queued: true });
     fs.rmSync(lock);
     await until(() => tokensByPython(m.mailbox('dave')).length === 2, 30000, 'the queued messages to be delivered');
+    // A POP3 login: its +OK comes after its Login line too.
+    const pop = await Pop3Client.connect(m.pop3Port!);
+    const loggedIn = await pop.login('alice', 'alice-pop3');
+    expect(loggedIn).toMatch(/^\+OK Logged in/);
+    await pop.quit();
 
     // mtad (strace's child) stops; strace ends with it, its trace complete.
     const child = Number(fs.readFileSync(`/proc/${m.proc.pid}/task/${m.proc.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
@@ -175,5 +192,8 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     expect(calls.filter((c) => SYNCS.has(c.name)).length, 'the trace holds syncs').toBeGreaterThan(0);
     expect(sent).toHaveLength(10);
     expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
+    const okLogin = calls.find((c) => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes('+OK Logged in'));
+    expect(okLogin, 'the POP3 login\'s +OK written to the socket').toBeDefined();
+    expect(logWrite(calls, /pop3-login: Login: user=<alice>/, okLogin!.start), 'the Login line written before the +OK').toBeDefined();
   });
 });
