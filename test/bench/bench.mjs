@@ -57,6 +57,8 @@ if (flag('help') || argv.includes('-h')) {
   process.exit(0);
 }
 const list = (s) => String(s).trim().split(/[\s,]+/).filter(Boolean);
+/** "K=V K2=V2" as an environment object (MTAD_EXTRA_ENV, MTAD_B_ENV). */
+const envList = (s) => Object.fromEntries(list(s || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 const RUNS = Number(opt('runs', process.env.RUNS || 3));
 const SECS = Number(opt('secs', process.env.SECS || 2));
 const SESSIONS = list(opt('sessions', process.env.SESSIONS || '1 10 50')).map(Number);
@@ -384,7 +386,7 @@ async function startMtad(extraEnv = {}, { name = 'mtad', bin: otherBin = process
     // the bench's own clients hold (a free port is picked in the ephemeral range): EADDRINUSE.
     MTAD_POP3_PORT: 'off',
     // MTAD_EXTRA_ENV="K=V K2=V2": more settings for mtad, e.g. MTAD_LOG_LEVEL=warn to see what logging costs
-    ...Object.fromEntries(list(process.env.MTAD_EXTRA_ENV || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
+    ...envList(process.env.MTAD_EXTRA_ENV),
     ...extraEnv,
   };
   const nodeArgs = process.env.MTAD_NODE_ARGS ? list(process.env.MTAD_NODE_ARGS) : [];
@@ -455,6 +457,26 @@ async function startPostfix() {
   };
 }
 
+/**
+ * Spawns one of the bare Node servers (the peers' ceilings, the ladder), node's
+ * CEILING_NODE_ARGS first; registers its stop (which also removes `dir`) before
+ * it is up; resolves once `port` answers, or stops it and throws.
+ */
+async function startNodeServer(name, script, args, port, { env = process.env, dir = null, stderr = 'ignore' } = {}) {
+  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
+  const proc = spawn(process.execPath, [...nodeArgs, script, ...args], { env, stdio: ['ignore', 'ignore', stderr] });
+  let exited = false;
+  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
+  const stop = whenDone(name, async () => {
+    if (!exited) { proc.kill('SIGTERM'); await gone; }
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let up = false;
+  for (let i = 0; i < 200 && !up && !exited; i++) { await sleep(50); up = await canConnect(port); }
+  if (!up) { await stop(); throw new Error(`${name} (${path.basename(script)}) did not start on port ${port}`); }
+  return { proc, stop };
+}
+
 async function startCeiling(mode, port) {
   ensurePeers();
   const ceiling = path.join(PEERS, 'node-ceiling');
@@ -462,17 +484,9 @@ async function startCeiling(mode, port) {
     execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: ceiling, stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const dir = mode === 'sink' ? null : fs.mkdtempSync(path.join(os.tmpdir(), 'mtad-bench-agroup-'));
-  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
-  const proc = spawn(process.execPath, [...nodeArgs, path.join(ceiling, 'server.js'), mode, String(port), ...(dir ? [dir] : [])], {
-    env: { ...process.env, GREETING_DELAY_MS: '0', GROUP_MS: '0' }, stdio: ['ignore', 'ignore', 'ignore'],
+  const { proc, stop } = await startNodeServer(mode, path.join(ceiling, 'server.js'), [mode, String(port), ...(dir ? [dir] : [])], port, {
+    env: { ...process.env, GREETING_DELAY_MS: '0', GROUP_MS: '0' }, dir,
   });
-  let exited = false;
-  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
-  const stop = whenDone(mode, async () => {
-    if (!exited) { proc.kill('SIGTERM'); await gone; }
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
-  for (let i = 0; i < 100 && !(await canConnect(port)); i++) await sleep(50);
   return {
     name: mode === 'sink' ? 'sink' : 'agroup', port, pid: proc.pid, mailboxDir: dir, peak: 'hwm',
     // one append per message into all.mbox, whatever the recipients
@@ -493,17 +507,7 @@ async function startLadder(mode) {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'delivery', 'deliverer.js'))) throw new Error('mtad is not built: run npm run build');
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mtad-bench-${mode}-`));
-  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
-  const proc = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'test', 'bench', 'ladder.mjs'), mode, String(port), dir], { stdio: ['ignore', 'ignore', 'inherit'] });
-  let exited = false;
-  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
-  const stop = whenDone(mode, async () => {
-    if (!exited) { proc.kill('SIGTERM'); await gone; }
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  let up = false;
-  for (let i = 0; i < 200 && !up && !exited; i++) { await sleep(50); up = await canConnect(port); }
-  if (!up) { await stop(); throw new Error(`ladder ${mode} did not start`); }
+  const { proc, stop } = await startNodeServer(mode, path.join(ROOT, 'test', 'bench', 'ladder.mjs'), [mode, String(port), dir], port, { dir, stderr: 'inherit' });
   return { name: mode, port, pid: proc.pid, mailboxDir: dir, peak: 'hwm', async quiesce() {}, stop };
 }
 
@@ -769,7 +773,6 @@ async function main() {
   try {
     if (MATRIX) {
       // mtadB: a second mtad in the same run, its runs alternating with mtad's (an A/B on a noisy machine).
-      const envList = (v) => Object.fromEntries(list(v || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const mtadB = () => startMtad(envList(process.env.MTAD_B_ENV), { name: 'mtadB', bin: process.env.MTAD_B_BIN || process.env.MTAD_BIN });
       const all = { mtad: () => startMtad(), mtadB, postfix: startPostfix, sink: startSink, agroup: startAgroup, files: () => startLadder('files'), deliverer: () => startLadder('deliverer') };
       const names = list(opt('targets', VS_POSTFIX ? 'mtad postfix sink agroup' : 'mtad'));

@@ -30,6 +30,7 @@ const { SMTPServer } = require('smtp-server');
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection.js');
 const { Deliverer } = require(path.join(ROOT, 'dist', 'delivery', 'deliverer.js'));
 const { MboxEncoder, entryPrefix, ENTRY_SUFFIX, receivedHeader } = require(path.join(ROOT, 'dist', 'delivery', 'mbox.js'));
+const { asciiBytes } = require(path.join(ROOT, 'dist', 'text.js'));
 
 // As the peers' ceilings with GREETING_DELAY_MS=0 (and mtad): greet at once.
 SMTPConnection.prototype.init = function init() {
@@ -47,7 +48,6 @@ if (!['files', 'deliverer'].includes(mode) || !portArg || !dir) {
   process.exit(64);
 }
 const DOMAIN = (process.env.DOMAIN || 'bench.test').toLowerCase();
-fs.mkdirSync(path.join(dir, '.appending'), { recursive: true });
 
 // ---- files: one adaptive group commit per mailbox file --------------------------------------
 const files = new Map();
@@ -78,10 +78,12 @@ function flush(f) {
 }
 
 // ---- deliverer: mtad's -----------------------------------------------------------------------
-const deliverer = new Deliverer({
-  spoolDir: dir, lockTimeoutMs: 60_000, staleLockMs: 600_000, createMode: 0o600,
-  intentDir: path.join(dir, '.appending'), sizeLimit: 0,
-});
+function makeDeliverer() {
+  const intentDir = path.join(dir, '.appending');
+  fs.mkdirSync(intentDir, { recursive: true });
+  return new Deliverer({ spoolDir: dir, lockTimeoutMs: 60_000, staleLockMs: 600_000, createMode: 0o600, intentDir, sizeLimit: 0 });
+}
+const deliverer = mode === 'deliverer' ? makeDeliverer() : null;
 
 let n = 0;
 const server = new SMTPServer({
@@ -99,10 +101,11 @@ const server = new SMTPServer({
     const id = (++n).toString(16).toUpperCase().padStart(10, '0');
     const enc = new MboxEncoder();
     const rcpts = session.envelope.rcptTo.map((r) => r.address);
-    const chunks = [...enc.push(Buffer.from(receivedHeader({
+    // As mtad's receive(): the header holds the client's HELO, which only asciiBytes may turn into bytes.
+    const chunks = [...enc.push(asciiBytes(receivedHeader({
       helo: session.hostNameAppearsAs ?? '', clientAddress: session.remoteAddress, clientHostname: session.clientHostname,
       hostname: `mx.${DOMAIN}`, protocol: session.transmissionType ?? 'SMTP', id, recipient: rcpts.length === 1 ? rcpts[0] : undefined, date: now,
-    }), 'latin1'))];
+    })))];
     stream.on('data', (c) => { chunks.push(...enc.push(c)); });
     stream.on('end', () => {
       if (stream.sizeExceeded) return cb(Object.assign(new Error('5.3.4 Message too big'), { responseCode: 552 }));
