@@ -1,7 +1,9 @@
 // "250 means durable" (invariant 2; issue 9 item 3, issue 10 item 6), checked
 // where a kill -9 cannot see it: a kill keeps the page cache, so a missing fsync
 // loses nothing there. A power cut keeps only what was synced, in the order it
-// was synced. So mtad runs under strace, and for every acknowledged message the
+// was synced. A write through a descriptor opened O_DSYNC or O_SYNC is its own
+// sync (on disk when it returns); any other needs an fsync or fdatasync of its
+// file after it. So mtad runs under strace, and for every acknowledged message the
 // trace must show, before the 250 is written to the client's socket:
 //   - delivered at once: each mailbox fdatasync'd after the message's bytes were
 //     written; before those bytes, the append record (queue/appending/<user>)
@@ -12,7 +14,7 @@
 //     for a torn append after a power cut;
 //   - queued (the mailbox was locked): the queue file fsync'd after its last
 //     write, then renamed from tmp/ into active/, then active/ fsync'd.
-// Remove any one of those syncs from src/ and this test fails.
+// Remove any one of those syncs (or the O_DSYNC of an open) from src/ and this test fails.
 // The same trace holds the log: a reply is never ahead of its log line (the
 // 250 after the status=sent or "queued for retry" line, a POP3 login's +OK
 // after its Login line), so that a kill -9 right after a reply cannot take the
@@ -80,6 +82,14 @@ function logWrite(calls: Call[], re: RegExp, before: number): Call | undefined {
 const SYNCS = new Set(['fsync', 'fdatasync']);
 const ok = (c: Call): boolean => !c.ret.startsWith('-1');
 
+/** Whether a write went through a descriptor opened O_DSYNC or O_SYNC: the last openat before it that returned its fd. */
+function syncedWrite(calls: Call[], w: Call): boolean {
+  const fd = /^(\d+)</.exec(w.args)?.[1];
+  if (!fd || !WRITES.has(w.name) || !ok(w)) return false;
+  const opened = calls.filter((c) => c.name === 'openat' && c.end < w.start && c.ret.startsWith(`${fd}<`)).at(-1);
+  return !!opened && /\bO_D?SYNC\b/.test(opened.args);
+}
+
 /** What must precede each acknowledgement: a list of what is missing (empty when all is in order). */
 function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): string[] {
   const missing: string[] = [];
@@ -87,6 +97,9 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
   const lastBefore = (at: number, f: (c: Call) => boolean): Call | undefined => calls.filter((c) => c.end < at && f(c)).at(-1);
   const syncOf = (p: (path: string) => boolean, after: number, before: number): Call | undefined =>
     calls.find((c) => SYNCS.has(c.name) && ok(c) && p(c.fdPath) && c.start > after && c.end < before);
+  /** The write `w` of the file at `file` on disk before `before`: its own O_DSYNC, or a sync of that file after it. */
+  const durable = (w: Call, file: string, before: number): boolean =>
+    w.end < before && (syncedWrite(calls, w) || !!syncOf((p) => p === file, w.end, before));
   for (const s of sent) {
     const ack = calls.find((c) => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes(`queued as ${s.id}`));
     need(ack, `${s.id}: the 250 written to the socket`);
@@ -100,7 +113,7 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
       const isFile = (p: string): boolean => p === path.join(queue, 'tmp', s.id) || p === path.join(queue, 'active', s.id);
       const w = lastBefore(rename.start, (c) => WRITES.has(c.name) && isFile(c.fdPath));
       need(w, `${s.id}: a write of the queue file`);
-      if (w) need(syncOf(isFile, w.end, rename.start), `${s.id}: the queue file fsync'd after its last write and before its rename`);
+      if (w) need(durable(w, w.fdPath, rename.start), `${s.id}: the queue file fsync'd after its last write and before its rename`);
       need(syncOf((p) => p === path.join(queue, 'active'), rename.end, ack.start), `${s.id}: active/ fsync'd after the rename and before the 250`);
       continue;
     }
@@ -111,16 +124,20 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
       const first = calls.find((c) => WRITES.has(c.name) && c.fdPath === box && c.args.includes(`X-Token: ${s.token}`) && c.end < ack.start);
       need(first, `${s.id}: its bytes written to ${user}'s mailbox before the 250`);
       if (!first) continue;
-      const sync = calls.find((c) => SYNCS.has(c.name) && c.fdPath === box && c.start > first.end);
-      need(sync && ok(sync) && sync.end < ack.start, `${s.id}: ${user}'s mailbox fdatasync'd after the message's bytes and before the 250`);
+      // Every write of the message's bytes (a spilled body is copied in several) on disk before the 250:
+      // the batch's writes end where the next batch's record is written.
+      const next = calls.find((c) => WRITES.has(c.name) && c.fdPath === record && c.start > first.end);
+      const last = lastBefore(Math.min(ack.start, next?.start ?? Infinity), (c) => WRITES.has(c.name) && c.fdPath === box) ?? first;
+      need(ok(first) && durable(first, box, ack.start) && durable(last, box, ack.start), `${s.id}: ${user}'s mailbox synced after the message's bytes and before the 250`);
+      const synced = syncedWrite(calls, last) ? last.end : syncOf((p) => p === box, last.end, ack.start)?.end ?? Infinity;
       const unlock = calls.find((c) => c.name === 'rmdir' && c.args.startsWith(`"${box}.lock"`) && c.start > first.end);
       need(unlock, `${s.id}: ${user}'s dotlock released after the append`);
       const idle = unlock && lastBefore(unlock.start, (c) => WRITES.has(c.name) && c.fdPath === record);
-      need(idle && idle.start > (sync?.end ?? Infinity), `${s.id}: the append record of ${user} rewritten after the append and before the dotlock is released`);
-      if (unlock && idle) need(syncOf((p) => p === record, idle.end, unlock.start), `${s.id}: the append record of ${user} fdatasync'd after its last rewrite and before the dotlock is released`);
+      need(idle && idle.start > synced, `${s.id}: the append record of ${user} rewritten after the append and before the dotlock is released`);
+      if (unlock && idle) need(durable(idle, record, unlock.start), `${s.id}: the append record of ${user} synced after its last rewrite and before the dotlock is released`);
       const rec = lastBefore(first.start, (c) => WRITES.has(c.name) && c.fdPath === record);
       need(rec, `${s.id}: the append record of ${user} written before the message's bytes`);
-      if (rec) need(syncOf((p) => p === record, rec.end, first.start), `${s.id}: the append record of ${user} fdatasync'd before the message's bytes`);
+      if (rec) need(durable(rec, record, first.start), `${s.id}: the append record of ${user} synced before the message's bytes`);
       const created = lastBefore(first.start, (c) => c.name === 'openat' && c.args.includes(`"${record}"`) && c.args.includes('O_CREAT') && ok(c));
       need(created, `${s.id}: the append record of ${user} created before the message's bytes`);
       if (created) need(syncOf((p) => p === path.join(queue, 'appending'), created.end, first.start), `${s.id}: appending/ fsync'd after the record of ${user} was created and before the message's bytes`);
@@ -190,6 +207,7 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
 
     const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
     expect(calls.filter((c) => SYNCS.has(c.name)).length, 'the trace holds syncs').toBeGreaterThan(0);
+    expect(calls.filter((c) => syncedWrite(calls, c)).length, 'the trace holds O_DSYNC writes').toBeGreaterThan(0);
     expect(sent).toHaveLength(10);
     expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
     const okLogin = calls.find((c) => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes('+OK Logged in'));

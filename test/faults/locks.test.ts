@@ -7,8 +7,9 @@
 // kill.test.ts has it read and append to every mailbox after the kills.
 //
 // To observe mtad *during* an append, the test makes the disk slow: strace delays
-// mtad's fdatasync(2), which the append calls with both locks held (the append
-// record's before writing and before unlocking, the mailbox's after writing). Nothing else about mtad changes. While it is held every locker fails to
+// mtad's writes to the mailbox and its append record (helpers/slowdisk.ts), each
+// of which is its own sync (O_DSYNC) and made with both locks held (the record's
+// before the append and before unlocking, the mailbox's). Nothing else about mtad changes. While it is held every locker fails to
 // lock without waiting, a waiting locker gets the lock only once the append is
 // over and then sees the whole message, and mtad has the mailbox open exactly
 // once (a second open and close would drop its fcntl lock).
@@ -17,6 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { slowWrites } from '../helpers/slowdisk';
 import { SmtpClient } from '../helpers/smtp';
 import { watchOutput } from '../helpers/wait';
 import { appendInProgress, dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
@@ -213,29 +215,17 @@ describe('a reader holds the mailbox', () => {
 const HOLD_US = 2_500_000;
 
 /**
- * Holds mtad inside an append: strace, attached to all its threads, delays every
- * fdatasync(2) by HOLD_US, as a slow disk would. Only the mailbox append calls
- * fdatasync (the queue uses fsync), three times, all with the locks held: the
- * append record's before writing, the mailbox's after, the record's again before
- * unlocking; the hold is three times HOLD_US. Resolves once an append is in progress; returns the token and the
- * pending 250, and the way to detach.
+ * Holds mtad inside an append: every write to alice's mailbox and to its append
+ * record returns HOLD_US late, as on a slow disk (helpers/slowdisk.ts). An append
+ * makes three such writes with the locks held: the record's (its content is in
+ * place as its hold begins), the mailbox's, the record's again before unlocking.
+ * So once the record says an append is under way, the locks stay held for three
+ * holds. Resolves once an append is in progress; returns the pending 250
+ * (with the token), and the way to detach.
  */
 async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
-  const strace = spawn('strace', ['-f', '-p', String(mtad.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${holdUs}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  let gone = false;
-  const exited = new Promise<void>((r) => strace.on('exit', () => { gone = true; r(); }));
-  const detach = async (): Promise<void> => { if (!gone) strace.kill('SIGINT'); await exited; };
+  const { detach } = await slowWrites(mtad.pid, [box, path.join(mtad.queue, 'appending', 'alice')], holdUs);
   try {
-    await new Promise<void>((resolve, reject) => {
-      // "Process N attached with M threads": printed once every thread is held.
-      const timer = setTimeout(() => reject(new Error(`strace did not attach to mtad within 20 s: ${err}`)), 20000);
-      strace.stderr!.on('data', (b: Buffer) => {
-        err += b.toString();
-        if (/attached/.test(err)) { clearTimeout(timer); resolve(); }
-      });
-      strace.on('exit', (code) => { clearTimeout(timer); reject(new Error(`strace exited ${code} before attaching: ${err}`)); });
-    });
     const delivered = send(token).then(() => token);
     await until(appending, 30000, 'an append in progress');
     return { delivered, detach };
@@ -300,7 +290,7 @@ describe('mtad holds the mailbox while it appends', () => {
   for (const w of waiters) {
     it(`${w.name} cannot lock it and waits; mtad has the mailbox open once`, async () => {
       const token = `slow-${w.name.replace(/\W+/g, '-')}`;
-      // Three syncs of 3 s, 9 s under the locks: long enough for the probes below (each
+      // Three holds of 3 s, 9 s under the locks: long enough for the probes below (each
       // a new process) on a loaded machine, and less than the 10 s after which
       // mutt_dotlock -r 30 stops waiting on a lock directory and goes ahead (exit 0).
       const { delivered, detach } = await holdInsideAppend(token, 3_000_000);
@@ -331,11 +321,11 @@ describe('mtad holds the mailbox while it appends', () => {
   }
 
   it('an append longer than the dotlock refresh period (5 s) keeps its lock sound and removes it after', async () => {
-    // Three syncs of 3 s: 6 s to the 250, 9 s under the locks.
+    // Three writes held 3 s each: 6 s to the 250, 9 s under the locks.
     const { delivered, detach } = await holdInsideAppend('slow-9s', 3_000_000);
     try {
       await delivered;
-      // After the 250 mtad syncs its append record (slowed down too) before it unlocks.
+      // After the 250 mtad rewrites its append record (slowed down too) before it unlocks.
       await until(() => !fs.existsSync(lock), 30000, 'mtad to release the mailbox');
       expect(mtad.output()).not.toMatch(/compromised/);
       expect(tokensByPython(box).at(-1)).toBe('slow-9s');

@@ -1,12 +1,12 @@
 // SIGTERM in the middle of things (issue 3, item 5): during a large DATA and
 // during a delivery. Nothing acknowledged is lost, the client hears 421 or its
-// 250, and mtad exits 0. A delivery is held open by delaying mtad's fdatasync(2)
-// with strace, as a slow disk would (see locks.test.ts).
-import { spawn } from 'node:child_process';
+// 250, and mtad exits 0. A delivery is held open by delaying mtad's writes to the
+// mailbox and its append record with strace, as a slow disk would (helpers/slowdisk.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { slowWrites } from '../helpers/slowdisk';
 import { Reply, SmtpClient } from '../helpers/smtp';
 import { appendInProgress, tokensByPython, until } from './readers';
 
@@ -107,7 +107,7 @@ describe('SIGTERM', () => {
     process.stdout.write(`shutdown during DATA, client stalled: 421, exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
   });
 
-  // Each fdatasync is delayed by holdSeconds; an append makes three (its record's, twice, and the mailbox's).
+  // Each write to the mailbox or its record is held holdSeconds; an append makes three (its record's, twice, and the mailbox's).
   for (const [label, holdSeconds] of [['shorter', 0.3], ['longer', GRACE]] as const) {
     it(`during a delivery ${label} than the grace time: the client gets 421 or its 250, the message is kept, exit 0`, async () => {
       const m = await boot();
@@ -115,14 +115,8 @@ describe('SIGTERM', () => {
       await first.cmd('EHLO client.test');
       expect((await first.send('a@client.test', ['alice@lab.test'], 'Subject: first\r\nX-Token: first\r\n\r\nEND first\r\n')).code).toBe(250);
       await first.quit();
-      const strace = spawn('strace', ['-f', '-p', String(m.pid), '-e', 'trace=fdatasync', '-e', `inject=fdatasync:delay_enter=${holdSeconds * 1_000_000}`, '-o', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const slow = await slowWrites(m.pid, [m.mailbox('alice'), path.join(m.queue, 'appending', 'alice')], holdSeconds * 1_000_000);
       try {
-        let err = '';
-        await new Promise<void>((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error(`strace did not attach to mtad within 20 s: ${err}`)), 20000);
-          strace.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (/attached/.test(err)) { clearTimeout(timer); resolve(); } });
-          strace.on('exit', (code) => { clearTimeout(timer); reject(new Error(`strace exited ${code}: ${err}`)); });
-        });
         const firstSize = fs.statSync(m.mailbox('alice')).size;
         const c = await SmtpClient.connect(m.port);
         await c.cmd('EHLO client.test');
@@ -142,7 +136,7 @@ describe('SIGTERM', () => {
         expect(fs.readdirSync(m.spool).filter((f) => f.endsWith('.lock'))).toEqual([]);
         process.stdout.write(`shutdown during a ${holdSeconds} s delivery: client got ${r.code}, exit ${exit.code} after ${exit.seconds.toFixed(2)} s (grace ${GRACE} s)\n`);
       } finally {
-        strace.kill('SIGINT');
+        await slow.detach();
       }
     });
   }
