@@ -205,6 +205,9 @@ export class Deliverer {
   /** Whether to append again under the locks held since `held`, waiting briefly for a next delivery. */
   private async more(w: MailboxWriter, held: number): Promise<boolean> {
     if (Date.now() - held >= MAX_HOLD_MS) return false;
+    // The rest of this turn of the event loop first: the final dots of other
+    // sessions read in the same poll join the next batch, which then shares its syncs.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     if (w.waiting.length) return true;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, LINGER_MS);
