@@ -6,7 +6,8 @@
 // answer 250 only once the message is on disk:
 //
 //   files      one mbox file per recipient mailbox, as mbox needs, each with its
-//              own adaptive group commit (writev + fdatasync of what waited);
+//              own adaptive group commit (one O_DSYNC writev of what waited,
+//              the next batch after the rest of the turn, as mtad's deliverer);
 //              the group-commit ceiling writes one file whatever the recipients
 //   deliverer  mtad's own delivery layer (dist/delivery/deliverer.js): per
 //              mailbox the readers' two locks, the append record synced before
@@ -54,7 +55,8 @@ const files = new Map();
 function appendFile(mailbox, bufs) {
   let f = files.get(mailbox);
   if (!f) {
-    f = { fd: fs.openSync(path.join(dir, mailbox), 'a', 0o600), queue: [], busy: false };
+    const { O_WRONLY, O_APPEND, O_CREAT, O_DSYNC } = fs.constants;
+    f = { fd: fs.openSync(path.join(dir, mailbox), O_WRONLY | O_APPEND | O_CREAT | O_DSYNC, 0o600), queue: [], busy: false };
     files.set(mailbox, f);
   }
   return new Promise((resolve, reject) => {
@@ -68,12 +70,8 @@ function flush(f) {
   const batch = f.queue;
   f.queue = [];
   fs.writev(f.fd, batch.flatMap((b) => b.bufs), (err) => {
-    const done = (err2) => {
-      for (const b of batch) (err2 ? b.reject(err2) : b.resolve());
-      flush(f);
-    };
-    if (err) return done(err);
-    fs.fdatasync(f.fd, done);
+    for (const b of batch) (err ? b.reject(err) : b.resolve());
+    setImmediate(flush, f);
   });
 }
 
