@@ -57,8 +57,12 @@ if (flag('help') || argv.includes('-h')) {
   process.exit(0);
 }
 const list = (s) => String(s).trim().split(/[\s,]+/).filter(Boolean);
-/** "K=V K2=V2" as an environment object (MTAD_EXTRA_ENV, MTAD_B_ENV). */
-const envList = (s) => Object.fromEntries(list(s || '').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+/** "K=V K2=V2" as an environment object (MTAD_EXTRA_ENV, MTAD_B_ENV); split at white space only, since a value may hold commas (MTAD_DOMAINS=a.test,b.test). */
+const envList = (s) => Object.fromEntries(String(s || '').trim().split(/\s+/).filter(Boolean).map((kv) => {
+  const eq = kv.indexOf('=');
+  if (eq < 1) { console.error(`bench: "${kv}" in an env list is not K=V`); process.exit(64); }
+  return [kv.slice(0, eq), kv.slice(eq + 1)];
+}));
 const RUNS = Number(opt('runs', process.env.RUNS || 3));
 const SECS = Number(opt('secs', process.env.SECS || 2));
 const SESSIONS = list(opt('sessions', process.env.SESSIONS || '1 10 50')).map(Number);
