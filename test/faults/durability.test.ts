@@ -5,12 +5,12 @@
 // sync (on disk when it returns); any other needs an fsync or fdatasync of its
 // file after it. So mtad runs under strace, and for every acknowledged message the
 // trace must show, before the 250 is written to the client's socket:
-//   - delivered at once: each mailbox fdatasync'd after the message's bytes were
-//     written; before those bytes, the append record (queue/appending/<user>)
-//     fdatasync'd after it was written, and appending/ fsync'd after the record
-//     was created; a mailbox created for it, the spool directory fsync'd; and,
+//   - delivered at once: every write of the message's bytes to each mailbox
+//     synced; before those bytes, the append record (queue/appending/<user>)
+//     synced after it was written, and appending/ fsync'd after the record was
+//     created; a mailbox created for it, the spool directory fsync'd; and,
 //     before the mailbox's dotlock is released, the record's last write (back
-//     to "no append") fdatasync'd, so that a reader's later change cannot pass
+//     to "no append") synced, so that a reader's later change cannot pass
 //     for a torn append after a power cut;
 //   - queued (the mailbox was locked): the queue file fsync'd after its last
 //     write, then renamed from tmp/ into active/, then active/ fsync'd.
@@ -23,7 +23,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { appendRecordPath, makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { Pop3Client } from '../helpers/pop3';
 import { skipping } from '../helpers/skip';
 import { sendToken, tokensByPython, until } from './readers';
@@ -82,12 +82,26 @@ function logWrite(calls: Call[], re: RegExp, before: number): Call | undefined {
 const SYNCS = new Set(['fsync', 'fdatasync']);
 const ok = (c: Call): boolean => !c.ret.startsWith('-1');
 
-/** Whether a write went through a descriptor opened O_DSYNC or O_SYNC: the last openat before it that returned its fd. */
-function syncedWrite(calls: Call[], w: Call): boolean {
-  const fd = /^(\d+)</.exec(w.args)?.[1];
-  if (!fd || !WRITES.has(w.name) || !ok(w)) return false;
-  const opened = calls.filter((c) => c.name === 'openat' && c.end < w.start && c.ret.startsWith(`${fd}<`)).at(-1);
-  return !!opened && /\bO_D?SYNC\b/.test(opened.args);
+/**
+ * Which writes of the trace went through a descriptor opened O_DSYNC or O_SYNC,
+ * and so were on disk when they returned: a write's descriptor is the one the
+ * last openat before it returned under that number.
+ */
+function syncedWrites(calls: Call[]): (w: Call) => boolean {
+  // parseTrace lists calls in the order they ended: so is each descriptor's list of openats.
+  const opens = new Map<string, Call[]>();
+  for (const c of calls) {
+    const fd = c.name === 'openat' ? /^(\d+)</.exec(c.ret)?.[1] : undefined;
+    if (!fd) continue;
+    const list = opens.get(fd);
+    if (list) list.push(c); else opens.set(fd, [c]);
+  }
+  return (w) => {
+    const fd = /^(\d+)</.exec(w.args)?.[1];
+    if (!fd || !WRITES.has(w.name) || !ok(w)) return false;
+    const opened = (opens.get(fd) ?? []).filter((c) => c.end < w.start).at(-1);
+    return !!opened && /\bO_D?SYNC\b/.test(opened.args);
+  };
 }
 
 /** What must precede each acknowledgement: a list of what is missing (empty when all is in order). */
@@ -97,9 +111,11 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
   const lastBefore = (at: number, f: (c: Call) => boolean): Call | undefined => calls.filter((c) => c.end < at && f(c)).at(-1);
   const syncOf = (p: (path: string) => boolean, after: number, before: number): Call | undefined =>
     calls.find((c) => SYNCS.has(c.name) && ok(c) && p(c.fdPath) && c.start > after && c.end < before);
-  /** The write `w` of the file at `file` on disk before `before`: its own O_DSYNC, or a sync of that file after it. */
-  const durable = (w: Call, file: string, before: number): boolean =>
-    w.end < before && (syncedWrite(calls, w) || !!syncOf((p) => p === file, w.end, before));
+  const synced = syncedWrites(calls);
+  /** Where the write `w` of a file matching `p` is on disk, if before `before`: its own end (O_DSYNC), or the end of a sync of that file after it. */
+  const durableAt = (w: Call, p: (path: string) => boolean, before: number): number | undefined =>
+    w.end >= before ? undefined : synced(w) ? w.end : syncOf(p, w.end, before)?.end;
+  const durable = (w: Call, p: (path: string) => boolean, before: number): boolean => durableAt(w, p, before) !== undefined;
   for (const s of sent) {
     const ack = calls.find((c) => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes(`queued as ${s.id}`));
     need(ack, `${s.id}: the 250 written to the socket`);
@@ -113,14 +129,16 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
       const isFile = (p: string): boolean => p === path.join(queue, 'tmp', s.id) || p === path.join(queue, 'active', s.id);
       const w = lastBefore(rename.start, (c) => WRITES.has(c.name) && isFile(c.fdPath));
       need(w, `${s.id}: a write of the queue file`);
-      if (w) need(durable(w, w.fdPath, rename.start), `${s.id}: the queue file fsync'd after its last write and before its rename`);
+      if (w) need(durable(w, isFile, rename.start), `${s.id}: the queue file fsync'd after its last write and before its rename`);
       need(syncOf((p) => p === path.join(queue, 'active'), rename.end, ack.start), `${s.id}: active/ fsync'd after the rename and before the 250`);
       continue;
     }
     need(!rename, `${s.id}: delivered at once, not queued`);
     for (const user of s.users) {
       const box = path.join(spool, user);
-      const record = path.join(queue, 'appending', user);
+      const record = appendRecordPath(queue, user);
+      const isBox = (p: string): boolean => p === box;
+      const isRecord = (p: string): boolean => p === record;
       const first = calls.find((c) => WRITES.has(c.name) && c.fdPath === box && c.args.includes(`X-Token: ${s.token}`) && c.end < ack.start);
       need(first, `${s.id}: its bytes written to ${user}'s mailbox before the 250`);
       if (!first) continue;
@@ -128,16 +146,16 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
       // the batch's writes end where the next batch's record is written.
       const next = calls.find((c) => WRITES.has(c.name) && c.fdPath === record && c.start > first.end);
       const last = lastBefore(Math.min(ack.start, next?.start ?? Infinity), (c) => WRITES.has(c.name) && c.fdPath === box) ?? first;
-      need(ok(first) && durable(first, box, ack.start) && durable(last, box, ack.start), `${s.id}: ${user}'s mailbox synced after the message's bytes and before the 250`);
-      const synced = syncedWrite(calls, last) ? last.end : syncOf((p) => p === box, last.end, ack.start)?.end ?? Infinity;
+      const onDisk = durableAt(last, isBox, ack.start);
+      need(ok(first) && durable(first, isBox, ack.start) && onDisk !== undefined, `${s.id}: ${user}'s mailbox synced after the message's bytes and before the 250`);
       const unlock = calls.find((c) => c.name === 'rmdir' && c.args.startsWith(`"${box}.lock"`) && c.start > first.end);
       need(unlock, `${s.id}: ${user}'s dotlock released after the append`);
       const idle = unlock && lastBefore(unlock.start, (c) => WRITES.has(c.name) && c.fdPath === record);
-      need(idle && idle.start > synced, `${s.id}: the append record of ${user} rewritten after the append and before the dotlock is released`);
-      if (unlock && idle) need(durable(idle, record, unlock.start), `${s.id}: the append record of ${user} synced after its last rewrite and before the dotlock is released`);
+      need(idle && idle.start > (onDisk ?? Infinity), `${s.id}: the append record of ${user} rewritten after the append and before the dotlock is released`);
+      if (unlock && idle) need(durable(idle, isRecord, unlock.start), `${s.id}: the append record of ${user} synced after its last rewrite and before the dotlock is released`);
       const rec = lastBefore(first.start, (c) => WRITES.has(c.name) && c.fdPath === record);
       need(rec, `${s.id}: the append record of ${user} written before the message's bytes`);
-      if (rec) need(durable(rec, record, first.start), `${s.id}: the append record of ${user} synced before the message's bytes`);
+      if (rec) need(durable(rec, isRecord, first.start), `${s.id}: the append record of ${user} synced before the message's bytes`);
       const created = lastBefore(first.start, (c) => c.name === 'openat' && c.args.includes(`"${record}"`) && c.args.includes('O_CREAT') && ok(c));
       need(created, `${s.id}: the append record of ${user} created before the message's bytes`);
       if (created) need(syncOf((p) => p === path.join(queue, 'appending'), created.end, first.start), `${s.id}: appending/ fsync'd after the record of ${user} was created and before the message's bytes`);
@@ -207,7 +225,7 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
 
     const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
     expect(calls.filter((c) => SYNCS.has(c.name)).length, 'the trace holds syncs').toBeGreaterThan(0);
-    expect(calls.filter((c) => syncedWrite(calls, c)).length, 'the trace holds O_DSYNC writes').toBeGreaterThan(0);
+    expect(calls.filter(syncedWrites(calls)).length, 'the trace holds O_DSYNC writes').toBeGreaterThan(0);
     expect(sent).toHaveLength(10);
     expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
     const okLogin = calls.find((c) => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes('+OK Logged in'));

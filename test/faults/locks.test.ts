@@ -9,16 +9,15 @@
 // To observe mtad *during* an append, the test makes the disk slow: strace delays
 // mtad's writes to the mailbox and its append record (helpers/slowdisk.ts), each
 // of which is its own sync (O_DSYNC) and made with both locks held (the record's
-// before the append and before unlocking, the mailbox's). Nothing else about mtad changes. While it is held every locker fails to
-// lock without waiting, a waiting locker gets the lock only once the append is
+// before the append and before unlocking, the mailbox's). Nothing else about mtad
+// changes. While it is held every locker fails to lock without waiting, a waiting locker gets the lock only once the append is
 // over and then sees the whole message, and mtad has the mailbox open exactly
 // once (a second open and close would drop its fcntl lock).
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { descriptorsOn, Mtad, removeInstance, startMtad } from '../helpers/mtad';
-import { slowWrites } from '../helpers/slowdisk';
+import { slowAppends } from '../helpers/slowdisk';
 import { SmtpClient } from '../helpers/smtp';
 import { watchOutput } from '../helpers/wait';
 import { appendInProgress, dovecotImapAsync, imapAppend, run, sendToken, tokensByFormail, tokensByPython, until } from './readers';
@@ -224,7 +223,7 @@ const HOLD_US = 2_500_000;
  * (with the token), and the way to detach.
  */
 async function holdInsideAppend(token: string, holdUs = HOLD_US): Promise<{ delivered: Promise<string>; detach: () => Promise<void> }> {
-  const { detach } = await slowWrites(mtad.pid, [box, path.join(mtad.queue, 'appending', 'alice')], holdUs);
+  const { detach } = await slowAppends(mtad, 'alice', holdUs);
   try {
     const delivered = send(token).then(() => token);
     await until(appending, 30000, 'an append in progress');

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { instanceEnv, Mtad, removeInstance, ROOT, runCli, startMtad } from '../helpers/mtad';
+import { appendRecordPath, instanceEnv, Mtad, removeInstance, ROOT, runCli, startMtad } from '../helpers/mtad';
 import { appendInProgress, sendToken, tokensByPython, until } from './readers';
 
 let first: Mtad;
@@ -66,7 +66,7 @@ describe('a second mtad on a spool one already serves', () => {
     await idle(first, ['alice', 'bob']);
     lockDir = `${box}.lock`;
     fs.mkdirSync(lockDir);
-    record = path.join(first.queue, 'appending', 'bob');
+    record = appendRecordPath(first.queue, 'bob');
     fs.writeFileSync(record, `${[st.dev, st.ino, before, st.size + 100].map((n) => String(n).padStart(20, '0')).join(' ')}\n`);
   });
   afterAll(() => {

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readMbox } from '../helpers/mbox';
-import { isRoot } from '../helpers/mtad';
+import { appendRecordPath, isRoot } from '../helpers/mtad';
 import { SmtpClient } from '../helpers/smtp';
 
 /**
@@ -110,7 +110,7 @@ export function dotlockUsersCanLock(mailbox: string): { dotlockfile: boolean; lo
 export function appendInProgress(queueDir: string, user: string): { before: number; after: number } | null {
   let text: string;
   try {
-    text = fs.readFileSync(path.join(queueDir, 'appending', user), 'utf8');
+    text = fs.readFileSync(appendRecordPath(queueDir, user), 'utf8');
   } catch {
     return null;
   }

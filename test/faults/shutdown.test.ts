@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
-import { slowWrites } from '../helpers/slowdisk';
+import { slowAppends } from '../helpers/slowdisk';
 import { Reply, SmtpClient } from '../helpers/smtp';
 import { appendInProgress, tokensByPython, until } from './readers';
 
@@ -115,7 +115,7 @@ describe('SIGTERM', () => {
       await first.cmd('EHLO client.test');
       expect((await first.send('a@client.test', ['alice@lab.test'], 'Subject: first\r\nX-Token: first\r\n\r\nEND first\r\n')).code).toBe(250);
       await first.quit();
-      const slow = await slowWrites(m.pid, [m.mailbox('alice'), path.join(m.queue, 'appending', 'alice')], holdSeconds * 1_000_000);
+      const slow = await slowAppends(m, 'alice', holdSeconds * 1_000_000);
       try {
         const firstSize = fs.statSync(m.mailbox('alice')).size;
         const c = await SmtpClient.connect(m.port);

@@ -28,6 +28,11 @@ export interface MtadOptions {
   install?: string;
 }
 
+/** mtad's record of the append under way on a user's mailbox (src/delivery/mailbox.ts): <queue>/appending/<user>. */
+export function appendRecordPath(queue: string, user: string): string {
+  return path.join(queue, 'appending', user);
+}
+
 export interface Mtad {
   port: number;
   /** The POP3 port (null when MTAD_POP3_PORT turned it off). */
