@@ -393,23 +393,17 @@ async function startMtad(extraEnv = {}, { name = 'mtad', bin: otherBin = process
     ...envList(process.env.MTAD_EXTRA_ENV),
     ...extraEnv,
   };
-  const nodeArgs = process.env.MTAD_NODE_ARGS ? list(process.env.MTAD_NODE_ARGS) : [];
-  const proc = spawn(process.execPath, [...nodeArgs, bin], { env, stdio: ['ignore', logFd, logFd] });
-  fs.closeSync(logFd);
-  let exited = false;
-  const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
-  const stop = whenDone('mtad', async () => {
-    if (!exited) { proc.kill('SIGTERM'); await gone; }
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
   // The port is chosen here rather than read from the log, so that any log level works.
   const port = Number(env.MTAD_PORT);
-  let up = false;
-  for (let i = 0; i < 300 && !up && !exited; i++) {
-    await sleep(50);
-    up = await canConnect(port);
+  let started;
+  try {
+    started = await startNodeServer(name, bin, [], port, {
+      env, dir, stdio: ['ignore', logFd, logFd], nodeArgs: process.env.MTAD_NODE_ARGS, why: () => fs.readFileSync(logFile, 'utf8'),
+    });
+  } finally {
+    fs.closeSync(logFd);
   }
-  if (!up) { const log = fs.readFileSync(logFile, 'utf8'); await stop(); throw new Error(`mtad did not start:\n${log}`); }
+  const { proc, stop } = started;
   return {
     name, port, pid: proc.pid, spool, dir, logFile,
     mailboxDir: spool,
@@ -462,13 +456,15 @@ async function startPostfix() {
 }
 
 /**
- * Spawns one of the bare Node servers (the peers' ceilings, the ladder), node's
- * CEILING_NODE_ARGS first; registers its stop (which also removes `dir`) before
- * it is up; resolves once `port` answers, or stops it and throws.
+ * Spawns a Node server (mtad, the peers' ceilings, the ladder) with `nodeArgs`
+ * (a list in one string; CEILING_NODE_ARGS unless given) before its script;
+ * registers its stop (which also removes `dir`) before it is up; resolves once
+ * `port` answers, or stops it and throws, with `why()` in the message.
  */
-async function startNodeServer(name, script, args, port, { env = process.env, dir = null, stderr = 'ignore' } = {}) {
-  const nodeArgs = process.env.CEILING_NODE_ARGS ? list(process.env.CEILING_NODE_ARGS) : [];
-  const proc = spawn(process.execPath, [...nodeArgs, script, ...args], { env, stdio: ['ignore', 'ignore', stderr] });
+async function startNodeServer(name, script, args, port, {
+  env = process.env, dir = null, stdio = ['ignore', 'ignore', 'ignore'], nodeArgs = process.env.CEILING_NODE_ARGS, why = () => '',
+} = {}) {
+  const proc = spawn(process.execPath, [...list(nodeArgs || ''), script, ...args], { env, stdio });
   let exited = false;
   const gone = new Promise((r) => proc.once('exit', () => { exited = true; r(); }));
   const stop = whenDone(name, async () => {
@@ -476,8 +472,12 @@ async function startNodeServer(name, script, args, port, { env = process.env, di
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
   let up = false;
-  for (let i = 0; i < 200 && !up && !exited; i++) { await sleep(50); up = await canConnect(port); }
-  if (!up) { await stop(); throw new Error(`${name} (${path.basename(script)}) did not start on port ${port}`); }
+  for (let i = 0; i < 300 && !up && !exited; i++) { await sleep(50); up = await canConnect(port); }
+  if (!up) {
+    const detail = why();
+    await stop();
+    throw new Error(`${name} (${path.basename(script)}) did not start on port ${port}${detail ? `:\n${detail}` : ''}`);
+  }
   return { proc, stop };
 }
 
@@ -511,7 +511,7 @@ async function startLadder(mode) {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'delivery', 'deliverer.js'))) throw new Error('mtad is not built: run npm run build');
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mtad-bench-${mode}-`));
-  const { proc, stop } = await startNodeServer(mode, path.join(ROOT, 'test', 'bench', 'ladder.mjs'), [mode, String(port), dir], port, { dir, stderr: 'inherit' });
+  const { proc, stop } = await startNodeServer(mode, path.join(ROOT, 'test', 'bench', 'ladder.mjs'), [mode, String(port), dir], port, { dir, stdio: ['ignore', 'ignore', 'inherit'] });
   return { name: mode, port, pid: proc.pid, mailboxDir: dir, peak: 'hwm', async quiesce() {}, stop };
 }
 

@@ -51,12 +51,13 @@ if (!['files', 'deliverer'].includes(mode) || !portArg || !dir) {
 const DOMAIN = (process.env.DOMAIN || 'bench.test').toLowerCase();
 
 // ---- files: one adaptive group commit per mailbox file --------------------------------------
+// O_DSYNC, as mtad's mailboxes: each writev is on disk when it returns.
+const FILES_FLAGS = fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_DSYNC;
 const files = new Map();
 function appendFile(mailbox, bufs) {
   let f = files.get(mailbox);
   if (!f) {
-    const { O_WRONLY, O_APPEND, O_CREAT, O_DSYNC } = fs.constants;
-    f = { fd: fs.openSync(path.join(dir, mailbox), O_WRONLY | O_APPEND | O_CREAT | O_DSYNC, 0o600), queue: [], busy: false };
+    f = { fd: fs.openSync(path.join(dir, mailbox), FILES_FLAGS, 0o600), queue: [], busy: false };
     files.set(mailbox, f);
   }
   return new Promise((resolve, reject) => {
