@@ -5,8 +5,9 @@
 // The lines of one turn of the event loop go out in one write (a message costs
 // five lines, and a write(2) costs more than formatting them all); before any
 // SMTP or POP3 reply (flushLog, from smtp/internals.ts and pop3/session.ts), so
-// that what a client is told is never ahead of the log; and at exit. Writes are synchronous for files and
-// pipes on Linux, so a line logged is on its way once its turn ends.
+// that what a client is told is never ahead of the log; and at exit. Writes are
+// synchronous for files and pipes on Linux, so a line logged is on its way once
+// its turn ends.
 import winston from 'winston';
 import type TransportStream from 'winston-transport';
 import { printable } from './text';
