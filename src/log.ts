@@ -3,9 +3,13 @@
 // Warnings and errors carry Postfix's "warning:"/"error:" prefix so grep finds them.
 //
 // The lines of one turn of the event loop go out in one write (a message costs
-// five lines, and a write(2) costs more than formatting them all); before any
-// SMTP or POP3 reply (flushLog, from smtp/internals.ts and pop3/session.ts), so
-// that what a client is told is never ahead of the log; and at exit. Writes are
+// five lines, and a write(2) costs more than formatting them all), at the end of
+// the turn or at exit. What a client is told is never ahead of the log: an SMTP
+// reply that follows lines not yet written waits for them (holdBehindLog: its
+// socket is corked until the turn's write is done, then uncorked), and anything
+// that cannot wait (a reply before the connection closes, a TLS upgrade, a POP3
+// reply) writes the lines first (flushLog). So a busy turn, with greetings and
+// 250s for many sessions, costs one log write, not one per reply. Writes are
 // synchronous for files and pipes on Linux, so a line logged is on its way once
 // its turn ends.
 import winston from 'winston';
@@ -19,12 +23,50 @@ const UNPRINTABLE = /[^\x20-\x7e]/;
 let pending: string[] = [];
 let scheduled = false;
 
-/** Writes the lines logged so far. Cheap when there are none. */
+/** Sockets corked by holdBehindLog, uncorked once the lines before their replies are written. */
+interface Held { cork(): void; uncork(): void; [HELD]?: boolean }
+const HELD = Symbol('held');
+let held: Held[] = [];
+
+/** Writes the lines logged so far, then lets out the replies that waited for them. Cheap when there are none. */
 export function flushLog(): void {
-  if (!pending.length) return;
-  const text = pending.length === 1 ? pending[0] : pending.join('');
-  pending = [];
-  process.stdout.write(text);
+  if (pending.length) {
+    const text = pending.length === 1 ? pending[0] : pending.join('');
+    pending = [];
+    process.stdout.write(text);
+  }
+  if (held.length) release();
+}
+
+function release(): void {
+  const out = held;
+  held = [];
+  for (const s of out) {
+    s[HELD] = false;
+    s.uncork();
+  }
+}
+
+/**
+ * Before a reply is written to `socket`: if lines are waiting to be written,
+ * corks the socket until they are (this turn's end, or the next flushLog), and
+ * says so; the reply is then written into the corked socket and follows them.
+ * False when nothing waits: the reply may go at once. Not for a reply after which
+ * the socket is ended or handed to TLS: ending uncorks, ahead of the log.
+ */
+/** Whether `socket` holds replies that wait for lines not yet written. */
+export function isHeld(socket: Held): boolean {
+  return socket[HELD] === true;
+}
+
+export function holdBehindLog(socket: Held): boolean {
+  if (!pending.length) return false;
+  if (!socket[HELD]) {
+    socket[HELD] = true;
+    socket.cork();
+    held.push(socket);
+  }
+  return true;
 }
 
 function later(): void {
@@ -108,4 +150,5 @@ export function setLogLevel(level: string): void {
 export function quietLog(): void {
   log.transports.forEach((t) => { t.silent = true; });
   pending = [];
+  release();
 }

@@ -30,7 +30,7 @@
 //  - DATA: the first period of every line that starts with one is removed (RFC
 //    5321 4.5.2); the library removes it only from "..".
 import { SMTPServer } from 'smtp-server';
-import { flushLog, log } from '../log';
+import { flushLog, holdBehindLog, isHeld, log } from '../log';
 import { printable } from '../text';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { SMTPConnection } = require('smtp-server/lib/smtp-connection') as { SMTPConnection: ConnectionClass };
@@ -86,6 +86,7 @@ interface ConnectionState {
   _parser?: { _dataMode?: boolean } | false;
   _onTimeout(): void;
   send: Connection['send'];
+  _socket?: { cork(): void; uncork(): void };
   mtadLineTimer?: NodeJS.Timeout;
   mtadTransactionTimer?: NodeJS.Timeout;
 }
@@ -204,7 +205,15 @@ export function installInternals(): void {
     const first = Array.isArray(data) ? data[0] : data;
     if (typeof first === 'string' && ENHANCED_PREFIX.test(first)) context = false;
     // What the client is told is never ahead of the log (a 250 and its status=sent line).
-    flushLog();
+    // Most replies wait, corked, for the turn's one write of the log (log.ts). One after
+    // which the library may end the socket (ending uncorks) cannot: a refusal or 421 writes
+    // the lines first, since a line about it may be among them. So does a 221 whose
+    // socket still holds replies (a QUIT pipelined after DATA); otherwise the lines
+    // waiting are none of this client's: nothing is logged between QUIT and its 221.
+    const socket = this._socket;
+    if (code >= 400 || !socket) flushLog();
+    else if (code === 221) { if (isHeld(socket)) flushLog(); }
+    else holdBehindLog(socket);
     send.call(this, code, data, context);
     // Our error count replaces the library's fixed one (10 unrecognised commands).
     this._unrecognizedCommands = 0;
@@ -273,6 +282,8 @@ export function installInternals(): void {
   // error that ended the handshake; onClose logs it when the handshake never finished.
   const upgrade = proto.upgrade;
   proto.upgrade = function (this: Connection & ConnectionState, ...args: unknown[]) {
+    // The 220 may wait corked in the plain socket (holdBehindLog): out before TLS takes the socket over.
+    flushLog();
     this.session.mtadStartTls = true;
     upgrade.apply(this, args);
   };

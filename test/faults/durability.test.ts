@@ -16,9 +16,9 @@
 //     write, then renamed from tmp/ into active/, then active/ fsync'd.
 // Remove any one of those syncs (or the O_DSYNC of an open) from src/ and this test fails.
 // The same trace holds the log: a reply is never ahead of its log line (the
-// 250 after the status=sent or "queued for retry" line, a POP3 login's +OK
-// after its Login line), so that a kill -9 right after a reply cannot take the
-// line with it.
+// 250 after the status=sent or "queued for retry" line, a pipelined 250 too,
+// each greeting after a "connect from" line, a POP3 login's +OK after its
+// Login line), so that a kill -9 right after a reply cannot take the line with it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,6 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { appendRecordPath, makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
 import { Pop3Client } from '../helpers/pop3';
 import { skipping } from '../helpers/skip';
+import { SmtpClient } from '../helpers/smtp';
 import { sendToken, tokensByPython, until } from './readers';
 
 const TRACED = ['rmdir', 'openat', 'write', 'writev', 'pwrite64', 'pwritev', 'pwritev2', 'fsync', 'fdatasync', 'rename', 'renameat', 'renameat2', 'sendto', 'sendmsg'];
@@ -204,6 +205,22 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     await Promise.all([1, 2, 3, 4, 5, 6].map((n) => send('alice', `batch-${n}`)));
     // Past 256 KiB the body is spilled to the queue's tmp/ while it arrives, and copied from there.
     await send('bob', 'spilled-direct', 400_000);
+    // PIPELINING (RFC 2920): the transaction and QUIT in one write, beside four more sessions.
+    // The 250 waits in its socket for its log line (src/log.ts), and the 221 after it.
+    const pipelined = async (n: number): Promise<void> => {
+      const p = await SmtpClient.connect(m.port);
+      try {
+        await p.cmd('EHLO pipe.client.test');
+        p.write(`MAIL FROM:<pipe@client.test>\r\nRCPT TO:<bob@lab.test>\r\nDATA\r\nSubject: p\r\nX-Token: pipelined-${n}\r\n\r\nEND\r\n.\r\nQUIT\r\n`);
+        const replies = [];
+        for (let i = 0; i < 5; i++) replies.push(await p.read());
+        expect(replies.map((r) => r.code), replies.map((r) => r.raw).join('')).toEqual([250, 250, 354, 250, 221]);
+        sent.push({ id: /queued as (\w+)/.exec(replies[3].raw)![1], token: `pipelined-${n}`, users: ['bob'], queued: false });
+      } finally {
+        p.close();
+      }
+    };
+    await Promise.all([1, 2, 3, 4, 5].map(pipelined));
     // A reader holds dave's mailbox: the message goes to the queue, small and spilled.
     const lock = `${m.mailbox('dave')}.lock`;
     fs.writeFileSync(lock, '');
@@ -226,8 +243,15 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
     expect(calls.filter((c) => SYNCS.has(c.name)).length, 'the trace holds syncs').toBeGreaterThan(0);
     expect(calls.filter(syncedWrites(calls)).length, 'the trace holds O_DSYNC writes').toBeGreaterThan(0);
-    expect(sent).toHaveLength(10);
+    expect(sent).toHaveLength(15);
     expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
+    // Each greeting after its "connect from" line: by count, since the lines name no port.
+    const toClient = (c: Call): boolean => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath);
+    const greetings = calls.filter((c) => toClient(c) && c.args.includes('"220 lab.test ESMTP'));
+    expect(greetings.length, 'the greetings in the trace').toBeGreaterThanOrEqual(15);
+    const early = greetings.filter((g, k) => calls.filter((c) => WRITES.has(c.name) && c.args.startsWith('1<') && c.end < g.start)
+      .reduce((n, c) => n + (c.args.match(/: connect from /g)?.length ?? 0), 0) < k + 1);
+    expect(early.map((g) => `greeting at trace line ${g.start} before its connect line`)).toEqual([]);
     const okLogin = calls.find((c) => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes('+OK Logged in'));
     expect(okLogin, 'the POP3 login\'s +OK written to the socket').toBeDefined();
     expect(logWrite(calls, /pop3-login: Login: user=<alice>/, okLogin!.start), 'the Login line written before the +OK').toBeDefined();
