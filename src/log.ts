@@ -6,10 +6,10 @@
 // five lines, and a write(2) costs more than formatting them all), at the end of
 // the turn or at exit. What a client is told is never ahead of the log: an SMTP
 // reply that follows lines not yet written waits for them (holdBehindLog: its
-// socket is corked until the turn's write is done, then uncorked), and anything
-// that cannot wait (a reply before the connection closes, a TLS upgrade, a POP3
-// reply) writes the lines first (flushLog). So a busy turn, with greetings and
-// 250s for many sessions, costs one log write, not one per reply. Writes are
+// socket is corked until the turn's write is done, then uncorked), and what cannot
+// wait (ending a held socket, a TLS upgrade, a POP3 reply) writes the lines first
+// (flushLog). So a busy turn, with greetings and 250s for many sessions, costs one
+// log write, not one per reply. Writes are
 // synchronous for files and pipes on Linux, so a line logged is on its way once
 // its turn ends.
 import winston from 'winston';
@@ -47,26 +47,22 @@ function release(): void {
   }
 }
 
-/**
- * Before a reply is written to `socket`: if lines are waiting to be written,
- * corks the socket until they are (this turn's end, or the next flushLog), and
- * says so; the reply is then written into the corked socket and follows them.
- * False when nothing waits: the reply may go at once. Not for a reply after which
- * the socket is ended or handed to TLS: ending uncorks, ahead of the log.
- */
 /** Whether `socket` holds replies that wait for lines not yet written. */
 export function isHeld(socket: Held): boolean {
   return socket[HELD] === true;
 }
 
-export function holdBehindLog(socket: Held): boolean {
-  if (!pending.length) return false;
-  if (!socket[HELD]) {
-    socket[HELD] = true;
-    socket.cork();
-    held.push(socket);
-  }
-  return true;
+/**
+ * Before a reply is written to `socket`: if lines are waiting to be written,
+ * corks the socket until they are (this turn's end, or the next flushLog), so
+ * that the reply, written into it now, follows them. Ending a socket uncorks it:
+ * whoever ends a held socket calls flushLog first.
+ */
+export function holdBehindLog(socket: Held): void {
+  if (!pending.length || socket[HELD]) return;
+  socket[HELD] = true;
+  socket.cork();
+  held.push(socket);
 }
 
 function later(): void {

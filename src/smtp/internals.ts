@@ -99,6 +99,7 @@ interface ConnectionClass {
     connectionReady: () => void;
     _onCommand: (command: Buffer, callback?: () => void) => void;
     _onTimeout: () => void;
+    close: () => void;
     _onClose: () => void;
     _resetSession: () => void;
     send: Connection['send'];
@@ -175,7 +176,7 @@ export function installInternals(): void {
   }
   const proto = SMTPConnection.prototype;
   for (const name of ['init', 'connectionReady', 'send', '_setListeners', '_parseAddressCommand', 'handler_VRFY', 'handler_HELP',
-    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS', '_onClose', '_resetSession', '_isSupported',
+    '_onCommand', '_onTimeout', '_whenWritable', 'upgrade', '_onError', 'handler_STARTTLS', 'close', '_onClose', '_resetSession', '_isSupported',
     ...ARGUMENT_CHECKED.map((v) => `handler_${v}`)]) {
     if (typeof proto[name] !== 'function') throw new Error(`smtp-server ${version}: SMTPConnection.${name} is gone`);
   }
@@ -204,16 +205,13 @@ export function installInternals(): void {
     }
     const first = Array.isArray(data) ? data[0] : data;
     if (typeof first === 'string' && ENHANCED_PREFIX.test(first)) context = false;
-    // What the client is told is never ahead of the log (a 250 and its status=sent line).
-    // Most replies wait, corked, for the turn's one write of the log (log.ts). One after
-    // which the library may end the socket (ending uncorks) cannot: a refusal or 421 writes
-    // the lines first, since a line about it may be among them. So does a 221 whose
-    // socket still holds replies (a QUIT pipelined after DATA); otherwise the lines
-    // waiting are none of this client's: nothing is logged between QUIT and its 221.
-    const socket = this._socket;
-    if (code >= 400 || !socket) flushLog();
-    else if (code === 221) { if (isHeld(socket)) flushLog(); }
-    else holdBehindLog(socket);
+    // What the client is told is never ahead of the log (a 250 and its status=sent line):
+    // a reply after lines not yet written waits, corked, for the turn's one write of them
+    // (log.ts; close() below lets it out first if the socket is ended). A 221 need not
+    // wait: nothing is logged between QUIT and its 221, and an earlier reply it follows
+    // (a QUIT pipelined after DATA) still holds the socket corked, so it stays behind.
+    if (!this._socket) flushLog();
+    else if (code !== 221) holdBehindLog(this._socket);
     send.call(this, code, data, context);
     // Our error count replaces the library's fixed one (10 unrecognised commands).
     this._unrecognizedCommands = 0;
@@ -300,6 +298,14 @@ export function installInternals(): void {
     clearTimeout(this.mtadTransactionTimer);
     this.mtadTransactionTimer = undefined;
     resetSession.call(this);
+  };
+
+  // The library ends the socket here (after 221, 421, a refused connection), and ending
+  // a corked socket uncorks it: replies waiting for the log would go out ahead of it.
+  const close = proto.close;
+  proto.close = function (this: ConnectionState) {
+    if (this._socket && isHeld(this._socket)) flushLog();
+    close.call(this);
   };
 
   const onClose = proto._onClose;

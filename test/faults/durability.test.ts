@@ -80,6 +80,8 @@ const WRITES = new Set(['write', 'writev', 'pwrite64', 'pwritev', 'pwritev2']);
 function logWrite(calls: Call[], re: RegExp, before: number): Call | undefined {
   return calls.find((c) => WRITES.has(c.name) && c.args.startsWith('1<') && re.test(c.args) && c.end < before);
 }
+/** A write to a client's socket (a reply). */
+const toClient = (c: Call): boolean => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath);
 const SYNCS = new Set(['fsync', 'fdatasync']);
 const ok = (c: Call): boolean => !c.ret.startsWith('-1');
 
@@ -118,7 +120,7 @@ function checkOrder(calls: Call[], spool: string, queue: string, sent: Sent[]): 
     w.end >= before ? undefined : synced(w) ? w.end : syncOf(p, w.end, before)?.end;
   const durable = (w: Call, p: (path: string) => boolean, before: number): boolean => durableAt(w, p, before) !== undefined;
   for (const s of sent) {
-    const ack = calls.find((c) => (WRITES.has(c.name) || c.name === 'sendto' || c.name === 'sendmsg') && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes(`queued as ${s.id}`));
+    const ack = calls.find((c) => toClient(c) && c.args.includes(`queued as ${s.id}`));
     need(ack, `${s.id}: the 250 written to the socket`);
     if (!ack) continue;
     const fate = s.queued ? `${s.id}: queued for retry` : `${s.id}: to=<[^"]*status=sent`;
@@ -246,13 +248,14 @@ describe.skipIf(skipping(unusable !== null, 'durability order under strace', unu
     expect(sent).toHaveLength(15);
     expect(checkOrder(calls, m.spool, m.queue, sent)).toEqual([]);
     // Each greeting after its "connect from" line: by count, since the lines name no port.
-    const toClient = (c: Call): boolean => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath);
     const greetings = calls.filter((c) => toClient(c) && c.args.includes('"220 lab.test ESMTP'));
     expect(greetings.length, 'the greetings in the trace').toBeGreaterThanOrEqual(15);
-    const early = greetings.filter((g, k) => calls.filter((c) => WRITES.has(c.name) && c.args.startsWith('1<') && c.end < g.start)
-      .reduce((n, c) => n + (c.args.match(/: connect from /g)?.length ?? 0), 0) < k + 1);
+    const connectLines = calls.filter((c) => WRITES.has(c.name) && c.args.startsWith('1<'))
+      .map((c) => ({ end: c.end, n: c.args.match(/: connect from /g)?.length ?? 0 }));
+    const loggedBefore = (at: number): number => connectLines.reduce((n, c) => n + (c.end < at ? c.n : 0), 0);
+    const early = greetings.filter((g, k) => loggedBefore(g.start) < k + 1);
     expect(early.map((g) => `greeting at trace line ${g.start} before its connect line`)).toEqual([]);
-    const okLogin = calls.find((c) => WRITES.has(c.name) && /^(TCP|socket:)/.test(c.fdPath) && c.args.includes('+OK Logged in'));
+    const okLogin = calls.find((c) => toClient(c) && c.args.includes('+OK Logged in'));
     expect(okLogin, 'the POP3 login\'s +OK written to the socket').toBeDefined();
     expect(logWrite(calls, /pop3-login: Login: user=<alice>/, okLogin!.start), 'the Login line written before the +OK').toBeDefined();
   });

@@ -19,10 +19,10 @@
 // random choice (recipients, sizes, kill moments) comes from KILL_SEED, printed at the
 // start: KILL_SEED=<n> replays the same choices (the timing of a real machine aside).
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeInstance, Mtad, removeInstance, startMtad } from '../helpers/mtad';
+import { freePorts } from '../helpers/ports';
 import { SmtpClient } from '../helpers/smtp';
 import { appendByDovecot, countBy, dotlockUsersCanLock, messagesByFormail, messagesByMutt, run, tokensByDovecot, tokensByPython } from './readers';
 
@@ -49,17 +49,6 @@ const random = ((a: number) => (): number => {
   return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
 })(SEED);
 const rnd = (n: number): number => Math.floor(random() * n);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function message(t: Token): string {
   const filler = t.size > 1000 ? `${'x'.repeat(76)}\n`.repeat(Math.ceil(t.size / 77)) : '';
@@ -89,7 +78,7 @@ describe('kill -9 under load', () => {
   it(`loses no acknowledged message over ${ROUNDS} kills (seed printed)`, async () => {
     console.log(`kill: seed ${SEED} (replay: KILL_SEED=${SEED} KILL_ROUNDS=${ROUNDS})`);
     dir = makeInstance({ users: USERS });
-    const port = await freePort();
+    const [port] = await freePorts(1);
     const env = {
       MTAD_PORT: String(port),
       MTAD_LOCK_TIMEOUT: '0.3',

@@ -10,9 +10,10 @@
 // mtad's writes to the mailbox and its append record (helpers/slowdisk.ts), each
 // of which is its own sync (O_DSYNC) and made with both locks held (the record's
 // before the append and before unlocking, the mailbox's). Nothing else about mtad
-// changes. While it is held every locker fails to lock without waiting, a waiting locker gets the lock only once the append is
-// over and then sees the whole message, and mtad has the mailbox open exactly
-// once (a second open and close would drop its fcntl lock).
+// changes. While it is held every locker fails to lock without waiting, a waiting
+// locker gets the lock only once the append is over and then sees the whole
+// message, and mtad has the mailbox open exactly once (a second open and close
+// would drop its fcntl lock).
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';

@@ -3,11 +3,11 @@
 // install: the temp spool belongs to `nobody`, which mtad then becomes.
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { hashPassword } from '../../src/accounts/users';
+import { waitForListener } from './ports';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const HOSTNAME = 'lab.test';
@@ -127,11 +127,18 @@ export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
   });
 
   // Below info ("warn", "error") mtad prints nothing when it is up: such a test names
-  // its port (freePort) and waits for it to answer.
-  const fixed = Number(env.MTAD_PORT);
+  // its port (helpers/ports.ts, freePorts) and waits for it to answer.
   const quiet = ['warn', 'error'].includes(String(env.MTAD_LOG_LEVEL ?? '').toLowerCase());
-  if (quiet && !(fixed > 0)) throw new Error('startMtad: with MTAD_LOG_LEVEL below info, set MTAD_PORT (freePort())');
-  const port = quiet ? await answering(fixed, () => exited, () => out) : Number(/listening on \S+:(\d+)/.exec(await waitForLog(/listening on /))![1]);
+  let port: number;
+  if (quiet) {
+    port = Number(env.MTAD_PORT);
+    if (!(port > 0)) throw new Error('startMtad: with MTAD_LOG_LEVEL below info, set MTAD_PORT (freePorts)');
+    const died = exit.then((e) => { throw new Error(`mtad exited (${JSON.stringify(e)}) before port ${port} answered:\n${out}`); });
+    died.catch(() => undefined); // once it is up, its exit is for stop() to report
+    await Promise.race([waitForListener(port), died]);
+  } else {
+    port = Number(/listening on \S+:(\d+)/.exec(await waitForLog(/listening on /))![1]);
+  }
   // Printed before "listening on", so already in the output.
   const pop3 = /POP3 on \S+:(\d+)/.exec(out);
   return {
@@ -153,31 +160,6 @@ export async function startMtad(opts: MtadOptions = {}): Promise<Mtad> {
       return exit;
     },
   };
-}
-
-/** A loopback port free now, for an mtad that does not say which one it took. */
-export async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', resolve); });
-  const { port } = srv.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-/** Resolves with `port` once it accepts a connection (30 s, a loaded machine); fails if mtad exits first. */
-async function answering(port: number, exited: () => unknown, out: () => string): Promise<number> {
-  const deadline = Date.now() + 30000;
-  for (;;) {
-    if (exited()) throw new Error(`mtad exited (${JSON.stringify(exited())}) before port ${port} answered:\n${out()}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ port, host: '127.0.0.1' });
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return port;
-    if (Date.now() > deadline) throw new Error(`port ${port} did not answer within 30 s:\n${out()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Runs one of our CLIs (bin/NAME) to completion. */
@@ -237,7 +219,7 @@ export function mtadForFile(opts: MtadOptions = {}): () => Mtad {
  * one, and after the file each is stopped, must exit 0 without an internal error
  * or unhandled rejection in its log, and its temp dir is removed.
  */
-export function mtadsForFile(): (env: Record<string, string>) => Promise<Mtad> {
+export function mtadsForFile(): (env: Record<string, string>, opts?: Omit<MtadOptions, 'env'>) => Promise<Mtad> {
   const started: Mtad[] = [];
   afterAll(async () => {
     for (const m of started) {
@@ -247,8 +229,8 @@ export function mtadsForFile(): (env: Record<string, string>) => Promise<Mtad> {
       removeInstance(m.dir);
     }
   });
-  return async (env) => {
-    const m = await startMtad({ env });
+  return async (env, opts = {}) => {
+    const m = await startMtad({ ...opts, env });
     started.push(m);
     return m;
   };

@@ -1,7 +1,6 @@
 // A slow disk, as strace can make one for a running mtad: every write to a
 // user's mailbox and to its append record returns only `us` microseconds after
-// it is done. mtad writes a
-// mailbox and its append record through O_DSYNC descriptors, so each of those
+// it is done. mtad writes both through O_DSYNC descriptors, so each of those
 // writes is also its sync, the step a slow disk stretches; and each is made with
 // both of the mailbox's locks held. An append makes three: the record's, the
 // mailbox's, and the record's again before unlocking. Nothing else of mtad is

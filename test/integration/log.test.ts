@@ -3,22 +3,13 @@
 // src/log.ts writes mtad's lines without winston's stream pipeline; these tests hold
 // the lines to what that pipeline printed and to the level the operator chose.
 import { describe, expect, it } from 'vitest';
-import { freePort, HOSTNAME, Mtad, MtadOptions, removeInstance, startMtad } from '../helpers/mtad';
-import { SmtpClient } from '../helpers/smtp';
+import { HOSTNAME, mtadsForFile } from '../helpers/mtad';
 import { readMbox } from '../helpers/mbox';
+import { freePorts } from '../helpers/ports';
+import { SmtpClient } from '../helpers/smtp';
 
-/** Runs `fn` on an mtad, then stops it: it must exit 0 and leave no internal error in its log. */
-async function withMtad(opts: MtadOptions, fn: (m: Mtad) => Promise<void>): Promise<void> {
-  const m = await startMtad({ aliases, ...opts });
-  try {
-    await fn(m);
-  } finally {
-    const { code } = await m.stop();
-    expect(code, m.output()).toBe(0);
-    expect(m.output()).not.toMatch(/internal error|unhandled/i);
-    removeInstance(m.dir);
-  }
-}
+// Each mtad is stopped after the file, and must exit 0 with no internal error in its log.
+const mtadWith = mtadsForFile();
 const aliases = 'MAILER-DAEMON: postmaster\n' +
   // A chain past Postfix's 100 levels: its recipient is deferred, with a warning for the operator.
   Array.from({ length: 120 }, (_, i) => `deep${i}: ${i === 119 ? 'bob' : `deep${i + 1}`}\n`).join('');
@@ -44,35 +35,34 @@ async function session(port: number): Promise<string> {
 
 describe('the log', () => {
   it('at info: every event of a session, in order, one printable line each in Postfix\'s layout', async () => {
-    await withMtad({}, async (m) => {
-      const id = await session(m.port);
-      await m.waitForLog(/disconnect from /);
-      const lines = m.output().split('\n').filter(Boolean);
-      for (const l of lines) {
-        expect(l, 'layout').toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z mtad\\[${m.pid}\\]: \\S`));
-        expect(l, 'printable ASCII only').toMatch(/^[\x20-\x7e]+$/);
-      }
-      const events = [
-        /: connect from \S+\[127\.0\.0\.1\]$/,
-        /: NOQUEUE: reject: RCPT from \S+: 553 5\.6\.7 .*to=<b\S+b@lab\.test>/,
-        new RegExp(`: ${id}: client=\\S+\\[127\\.0\\.0\\.1\\], from=<sender@client\\.test>, size=\\d+, nrcpt=1 \\(queue active\\)$`),
-        new RegExp(`: ${id}: to=<alice@${HOSTNAME}>, relay=local, .*status=sent \\(delivered to mailbox\\)`),
-        new RegExp(`: ${id}: removed$`),
-        /: warning: alias deep0: unreasonable expansion \(.*nested more than 100 deep.*\)/,
-        /: NOQUEUE: reject: RCPT from \S+: 451 4\.6\.0 .*to=<deep0>/,
-        /: disconnect from \S+\[127\.0\.0\.1\]$/,
-      ];
-      const at = events.map((re) => lines.findIndex((l) => re.test(l)));
-      expect(at.map((i, k) => (i < 0 ? `missing ${events[k]}` : 'ok')), m.output()).toEqual(events.map(() => 'ok'));
-      expect([...at].sort((a, b) => a - b), 'in the order they happened').toEqual(at);
-      expect(readMbox(m.mailbox('alice'))).toHaveLength(1);
-    });
+    const m = await mtadWith({}, { aliases });
+    const id = await session(m.port);
+    await m.waitForLog(/disconnect from /);
+    const lines = m.output().split('\n').filter(Boolean);
+    for (const l of lines) {
+      expect(l, 'layout').toMatch(new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z mtad\\[${m.pid}\\]: \\S`));
+      expect(l, 'printable ASCII only').toMatch(/^[\x20-\x7e]+$/);
+    }
+    const events = [
+      /: connect from \S+\[127\.0\.0\.1\]$/,
+      /: NOQUEUE: reject: RCPT from \S+: 553 5\.6\.7 .*to=<b\S+b@lab\.test>/,
+      new RegExp(`: ${id}: client=\\S+\\[127\\.0\\.0\\.1\\], from=<sender@client\\.test>, size=\\d+, nrcpt=1 \\(queue active\\)$`),
+      new RegExp(`: ${id}: to=<alice@${HOSTNAME}>, relay=local, .*status=sent \\(delivered to mailbox\\)`),
+      new RegExp(`: ${id}: removed$`),
+      /: warning: alias deep0: unreasonable expansion \(.*nested more than 100 deep.*\)/,
+      /: NOQUEUE: reject: RCPT from \S+: 451 4\.6\.0 .*to=<deep0>/,
+      /: disconnect from \S+\[127\.0\.0\.1\]$/,
+    ];
+    const at = events.map((re) => lines.findIndex((l) => re.test(l)));
+    expect(at.map((i, k) => (i < 0 ? `missing ${events[k]}` : 'ok')), m.output()).toEqual(events.map(() => 'ok'));
+    expect([...at].sort((a, b) => a - b), 'in the order they happened').toEqual(at);
+    expect(readMbox(m.mailbox('alice'))).toHaveLength(1);
   });
 
   for (const level of ['warn', 'error'] as const) {
     it(`at ${level}: the same session logs ${level === 'warn' ? 'its warning and nothing else' : 'nothing at all'}`, async () => {
-      const env = { MTAD_LOG_LEVEL: level, MTAD_PORT: String(await freePort()), MTAD_POP3_PORT: 'off' };
-      await withMtad({ env }, async (m) => {
+      const [port] = await freePorts(1);
+      const m = await mtadWith({ MTAD_LOG_LEVEL: level, MTAD_PORT: String(port), MTAD_POP3_PORT: 'off' }, { aliases });
       await session(m.port);
       // The message is delivered all the same.
       expect(readMbox(m.mailbox('alice'))).toHaveLength(1);
@@ -87,7 +77,6 @@ describe('the log', () => {
         expect(code).toBe(0);
         expect(m.output(), 'nothing below error').toBe('');
       }
-      });
     });
   }
 });

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readMbox } from '../helpers/mbox';
 import { HOSTNAME, Mtad, removeInstance, ROOT, startMtad } from '../helpers/mtad';
-import { freePorts, run } from './tools';
+import { freePorts } from '../helpers/ports';
+import { run } from './tools';
 
 let mtad: Mtad;
 let work: string;

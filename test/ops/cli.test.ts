@@ -6,16 +6,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOSTNAME, instanceEnv, isRoot, makeInstance, removeInstance, runCli } from '../helpers/mtad';
+import { freePorts } from '../helpers/ports';
 import { needsRoot, skipping } from '../helpers/skip';
 
 const VERSION = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 const dirs: string[] = [];
-const freePort = (): Promise<number> => new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address() as net.AddressInfo;
-    s.close(() => resolve(port));
-  });
-});
 afterEach(() => { dirs.splice(0).forEach(removeInstance); });
 const instance = (opts: Parameters<typeof makeInstance>[0] = {}): string => {
   const d = makeInstance(opts);
@@ -41,7 +36,7 @@ describe('--help and --version', () => {
 describe('mtad --check', () => {
   it('shows what mtad would listen on and accept for, and exits 0', async () => {
     const dir = instance({ users: ['alice', 'bob'], aliases: 'MAILER-DAEMON: postmaster\npostmaster: alice\nteam: alice, bob@lab.test\n' });
-    const port = await freePort();
+    const [port] = await freePorts(1);
     // POP3 would follow at port + 85, which nothing here has checked is free: this test is about SMTP.
     const r = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_PORT: String(port), MTAD_POP3_PORT: 'off' }));
     expect(r.stderr).toBe('');
@@ -60,7 +55,7 @@ describe('mtad --check', () => {
 
   it('shows the POP3 port, or that POP3 is off, and a POP3 port in use as a problem (exit 69)', async () => {
     const dir = instance();
-    const port = await freePort();
+    const [port] = await freePorts(1);
     const on = runCli('mtad', ['--check'], instanceEnv(dir, { MTAD_POP3_PORT: String(port) }));
     expect(on.status, on.stdout).toBe(0);
     expect(on.stdout).toMatch(new RegExp(`^pop3 on +127\\.0\\.0\\.1:${port}, logins with the users file's passwords, autologout after 600 s$`, 'm'));
